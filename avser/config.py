@@ -1,0 +1,122 @@
+"""Typed configuration: dataclasses loaded from YAML, with dotted CLI overrides.
+
+Each area owns its dataclasses next to its code (``avser.features.config``,
+``avser.models.config``, ``avser.platform.config``); this module holds the
+generic machinery that turns YAML mappings into those dataclasses and back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from avser.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _resolve_type(tp: Any) -> Any:
+    """Strip ``Optional[...]``/``X | None`` to the inner type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}; "
+            f"valid keys are {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = _resolve_type(hints[name])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, f"{where}.{name}" if where else name)
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain nested dict (YAML/JSON friendly)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"a.b.c": value}``, e.g. for MLflow params."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from YAML (defaults when ``path`` is None), then apply
+    ``key.sub=value`` overrides (values parsed as YAML)."""
+    data = read_yaml(path) if path else {}
+    for item in overrides or []:
+        set_dotted(data, item)
+    return from_dict(cls, data, where=str(path or cls.__name__))
+
+
+def set_dotted(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    key, raw = assignment.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def save(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a config (for caches and run tags)."""
+    blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_model_config(path: str | Path, overrides: list[str] | None = None):
+    """The typed model config (``avser.models.config.ModelConfig``) from YAML."""
+    from avser.models.config import ModelConfig  # models import this module
+
+    return load(ModelConfig, path, overrides)

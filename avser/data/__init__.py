@@ -1,0 +1,1 @@
+"""Corpora -> manifest; evaluation protocols. No Ray, no MLflow."""

@@ -1,0 +1,1 @@
+"""One clip in, arrays out: pure functions, no Ray."""

@@ -1,0 +1,75 @@
+"""Typed configuration of per-clip feature extraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_mels: int = 128
+    n_fft: int = 1024
+    win_length_ms: float = 25.0
+    hop_length_ms: float = 10.0
+    fmin: float = 20.0
+    fmax: float | None = None
+    delta_width: int = 9
+    # Utterances longer than this are cut (keeps the store compact); shorter are kept as is.
+    max_seconds: float = 8.0
+    # RMS below this (full scale 1.0) counts as silence.
+    silence_rms: float = 1e-4
+
+
+@dataclass
+class RacnnInputConfig:
+    """The RACNN input transform: D overlapping segments, each resized to size x size."""
+
+    segments: int = 9
+    size: int = 224
+    overlap: float = 0.5
+
+
+@dataclass
+class VideoConfig:
+    frame_stride: int = 1
+    max_side: int | None = 640
+    max_frames: int | None = None
+    min_frames: int = 3
+
+
+@dataclass
+class LandmarkConfig:
+    backend: str = "dlib"  # dlib | openface-csv | openface
+    # dlib: detect faces on a frame downscaled to this width, re-detect every N frames
+    detect_width: int = 320
+    redetect_every: int = 10
+    upsample: int = 0
+    openface_binary: str = "FeatureExtraction"
+    min_confidence: float = 0.5
+
+
+@dataclass
+class KeyframeConfig:
+    k: int = 9
+    gamma: float | None = None  # RBF width; None -> 1 / median squared distance
+    max_iter: int = 50
+    seed: int = 0
+
+
+@dataclass
+class FaceConfig:
+    size: int = 224
+    # Fraction of the inter-ocular distance kept around the face.
+    margin: float = 0.6
+    jpeg_quality: int = 90
+
+
+@dataclass
+class FeatureConfig:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    racnn_input: RacnnInputConfig = field(default_factory=RacnnInputConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)

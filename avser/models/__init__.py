@@ -1,0 +1,1 @@
+"""PyTorch modules named after the paper's boxes, and KernelLDA."""

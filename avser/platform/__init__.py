@@ -1,0 +1,1 @@
+"""The Ray layer: the only code that imports ray or mlflow."""
