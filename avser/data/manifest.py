@@ -16,7 +16,17 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from avser.errors import AvserError
+from avser.errors import AvserError, ClipError
+
+# Kinds of ScanProblem, stable short codes for grouping in summaries.
+UNKNOWN_FILE = "unknown_file"  # a file that is not one of the corpus's clips
+BAD_NAME = "bad_name"  # a clip file whose name/folder codes cannot be read
+UNKNOWN_LABEL = "unknown_label"  # an emotion code outside the corpus's list
+INCONSISTENT = "inconsistent"  # name and folder (or extension) disagree
+DUPLICATE = "duplicate"  # a second file for a clip id already taken
+MISSING_FILE = "missing_file"  # a labelled clip whose media file is absent
+OUT_OF_SCOPE = "out_of_scope"  # a real clip whose label the task does not use
+EXCLUDED = "excluded"  # a real clip left out by a scanner option
 
 COLUMNS = [
     "clip_id",
@@ -66,6 +76,13 @@ class ScanProblem:
 
     path: str
     reason: str
+    kind: str = UNKNOWN_FILE
+
+    @classmethod
+    def from_error(cls, exc: ClipError, kind: str | None = None) -> "ScanProblem":
+        """The problem an error raised while reading one file stands for."""
+        reason = f"{exc.detail} ({exc.hint})" if exc.hint else exc.detail
+        return cls(path=exc.path or "", reason=reason, kind=kind or exc.reason)
 
 
 @dataclass
@@ -76,6 +93,51 @@ class ScanResult:
 
     def to_frame(self) -> pd.DataFrame:
         return clips_to_frame(self.clips)
+
+    def problem_counts(self) -> dict[str, int]:
+        """How many problems of each kind, e.g. ``{"out_of_scope": 5462}``."""
+        return dict(sorted(Counter(p.kind for p in self.problems).items()))
+
+
+def corpus_root(root: str | Path, corpus: str) -> Path:
+    """``root`` as an absolute folder, or an error naming it."""
+    path = Path(root).expanduser().absolute()
+    if not path.is_dir():
+        raise AvserError(
+            f"{corpus} root {path} does not exist or is not a folder; "
+            f"pass the folder that holds the {corpus} files"
+        )
+    return path
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every plain file below ``folder``, in a stable (sorted) order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def keep_first(clips: Iterable[Clip]) -> tuple[list[Clip], list[ScanProblem]]:
+    """Clips with unique ids (the first seen kept), sorted by id, plus one
+    DUPLICATE problem per repeated id, so a second copy is never silently lost."""
+    kept: dict[str, Clip] = {}
+    problems = []
+    for clip in clips:
+        first = kept.setdefault(clip.clip_id, clip)
+        if first is not clip:
+            problems.append(
+                ScanProblem(
+                    path=str(_media_path(clip)),
+                    reason=(
+                        f"clip id {clip.clip_id} is already taken by "
+                        f"{_media_path(first)}; remove one of the two copies"
+                    ),
+                    kind=DUPLICATE,
+                )
+            )
+    return sorted(kept.values(), key=lambda c: c.clip_id), problems
+
+
+def _media_path(clip: Clip) -> str | None:
+    return clip.audio_path or clip.video_path
 
 
 def clips_to_frame(clips: Iterable[Clip]) -> pd.DataFrame:
@@ -108,6 +170,22 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def read_clips(path: str | Path) -> list[Clip]:
     return [Clip.from_row(r) for r in read_manifest(path).to_dict("records")]
+
+
+def summarize_problems(problems: Iterable[ScanProblem], per_kind: int = 3) -> str:
+    """Problem counts by kind with a few examples each, for `avser manifest`."""
+    by_kind: dict[str, list[ScanProblem]] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.kind, []).append(problem)
+    if not by_kind:
+        return "no problems"
+    lines = []
+    for kind, group in sorted(by_kind.items()):
+        lines.append(f"{kind}: {len(group)}")
+        lines.extend(f"  {p.path}: {p.reason}" for p in group[:per_kind])
+        if len(group) > per_kind:
+            lines.append(f"  ... and {len(group) - per_kind} more")
+    return "\n".join(lines)
 
 
 def summarize(frame: pd.DataFrame) -> str:

@@ -1,0 +1,157 @@
+"""The ``avser`` command: corpus tools, per-clip features, model summaries.
+
+Heavy imports happen inside each sub-command so ``avser --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from avser.errors import AvserError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm"}
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from avser.data.synthetic import generate_corpus
+
+    clips = generate_corpus(args.out, args.clips, seed=args.seed)
+    print(f"wrote {len(clips)} clips to {args.out}")
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        options[key.strip()] = yaml.safe_load(raw)
+    return options
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from avser.data.corpora import scan_corpus
+    from avser.data.manifest import summarize, write_manifest
+
+    result = scan_corpus(args.corpus, args.root, **_parse_options(args.option))
+    frame = result.to_frame()
+    write_manifest(frame, args.out)
+    print(summarize(frame))
+    if result.problems:
+        print(f"{len(result.problems)} file(s) not in the manifest:")
+        for problem in result.problems[: args.show_problems]:
+            print(f"  {problem.path}: {problem.reason}")
+        hidden = len(result.problems) - args.show_problems
+        if hidden > 0:
+            print(f"  ... and {hidden} more")
+    print(f"manifest written to {args.out}")
+    return 0
+
+
+def _clip_for_file(path: Path, csv_path: str | None):
+    from avser.data.manifest import Clip
+
+    is_video = path.suffix.lower() in VIDEO_SUFFIXES
+    return Clip(
+        clip_id=path.stem,
+        corpus="file",
+        speaker="unknown",
+        label=-1,
+        label_name="unknown",
+        audio_path=str(path),
+        video_path=str(path) if is_video else None,
+        landmarks_path=csv_path,
+    )
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from avser import config
+    from avser.features.clip import extract_audio, extract_visual
+    from avser.features.config import FeatureConfig
+    from avser.features.landmarks import make_landmark_backend
+
+    cfg = config.load(FeatureConfig, args.config, [f"landmarks.backend={args.landmarks}"])
+    clip = _clip_for_file(Path(args.clip), args.csv)
+    timings: dict[str, float] = {}
+    failures = 0
+    try:
+        mel = extract_audio(clip, cfg, timings)
+        print(f"logmel      {tuple(mel.shape)} {mel.dtype}")
+    except AvserError as exc:
+        failures += 1
+        print(f"audio error: {exc}")
+    if clip.video_path:
+        try:
+            backend = make_landmark_backend(cfg.landmarks)
+            video, track, keyframes = extract_visual(
+                clip.video_path, cfg, backend, timings, csv_path=args.csv
+            )
+            print(f"frames      {len(video)} at {video.fps:.2f} fps, {video.frames.shape[1:3]} px")
+            print(f"landmarks   {tuple(track.points.shape)}; face found in "
+                  f"{track.success.mean():.1%} of frames ({cfg.landmarks.backend})")
+            print(f"keyframes   {tuple(keyframes.shape)} -> frames {keyframes.tolist()}")
+        except AvserError as exc:
+            failures += 1
+            print(f"video error: {exc}")
+    for name, seconds in timings.items():
+        print(f"  {name:<12} {seconds:.3f}")
+    return 1 if failures else 0
+
+
+def _cmd_models_summary(args: argparse.Namespace) -> int:
+    from avser.config import load_model_config
+    from avser.models.summary import format_summary, summarize
+
+    print(format_summary(summarize(load_model_config(args.config))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avser", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write the synthetic audio-visual corpus")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--clips", type=int, default=48)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
+
+    manifest = sub.add_parser("manifest", help="scan a corpus into a Parquet manifest")
+    manifest.add_argument("--corpus", required=True,
+                          help="ravdess | enterface | iemocap | cremad | synthetic")
+    manifest.add_argument("--root", required=True)
+    manifest.add_argument("--out", required=True)
+    manifest.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="scanner option, e.g. merge_excited=false")
+    manifest.add_argument("--show-problems", type=int, default=20)
+    manifest.set_defaults(func=_cmd_manifest)
+
+    features = sub.add_parser("features", help="run feature extraction on one file")
+    features.add_argument("clip")
+    features.add_argument("--landmarks", default="dlib", help="dlib | openface-csv | openface")
+    features.add_argument("--csv", default=None, help="OpenFace CSV for --landmarks openface-csv")
+    features.add_argument("--config", default=None, help="feature config YAML")
+    features.set_defaults(func=_cmd_features)
+
+    models = sub.add_parser("models", help="model tools")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    summary = models_sub.add_parser("summary", help="parameters and GFLOPs per module")
+    summary.add_argument("--config", required=True)
+    summary.set_defaults(func=_cmd_models_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AvserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Typed configuration of the networks (paper section II).
+
+Every size is a field here; ``configs/model/paper.yaml`` holds the paper's
+values (and says which ones the paper leaves open), ``configs/model/tiny.yaml``
+a small network for tests and the demo. Load with
+``avser.config.load_model_config(path)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avser.errors import ConfigError
+
+# The ablations of the fusion model (paper Table III and the attention study).
+# Attention on/off is orthogonal: ``racnn.attention`` and ``agru.attention``.
+VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full")
+
+
+@dataclass
+class RACNNConfig:
+    """The 3D residual attention CNN of Table I (kernels and strides are fixed
+    by the table in ``avser.models.racnn``; sizes are here)."""
+
+    in_channels: int = 3  # log-mel, delta, delta-delta
+    depth: int = 9  # D time segments
+    input_size: int = 224  # each segment resized to input_size x input_size
+    widths: tuple[int, int, int] = (32, 96, 288)  # Conv1+RA1, RA2, RA3
+    groups: int = 8  # GroupNorm groups; must divide every width
+    attention: bool = True  # CBAM in the RA blocks (off for the ablation)
+    reduction: int = 16  # channel attention: hidden = channels // reduction
+    spatial_kernel: int = 7  # spatial attention conv kernel (cubic)
+    n_classes: int = 8  # classes of the pretraining speech_head
+    dropout: float = 0.3  # before the speech_head's FC
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(self.widths)
+        if len(self.widths) != 3:
+            raise ConfigError(f"racnn.widths must hold 3 stage widths, got {self.widths}")
+        bad = [w for w in self.widths if w % self.groups]
+        if bad:
+            raise ConfigError(
+                f"racnn.groups={self.groups} must divide every width; {bad} do not "
+                "(GroupNorm splits channels into equal groups)"
+            )
+        if self.spatial_kernel % 2 == 0:
+            raise ConfigError(
+                f"racnn.spatial_kernel={self.spatial_kernel} must be odd so the "
+                "spatial attention map keeps the feature map's size"
+            )
+
+
+@dataclass
+class AppearanceConfig:
+    """The static appearance CNN over keyframe face crops (EfficientNet-B0)."""
+
+    model_name: str = "efficientnet_b0"  # any timm model name
+    # Expected pooled feature size; None takes the model's. A mismatch is an error.
+    feature_dim: int | None = 1280
+    # Local weights (timm checkpoint, .pth/.safetensors); None -> random init
+    # unless allow_download.
+    weights_file: str | None = None
+    allow_download: bool = False
+    freeze: bool = False
+    image_size: int = 224  # face crop side the transform resizes to
+
+
+@dataclass
+class AGRUConfig:
+    """Seven region GRUs over the keyframes' landmarks, with region attention."""
+
+    hidden: int = 64  # per region; geometric feature = 7 * hidden
+    attention: bool = True
+    attention_hidden: int = 32  # size of the region scoring MLP
+
+
+@dataclass
+class FusionConfig:
+    """Deep Bi-GRU fusion and the hybrid-feature head (section II-C)."""
+
+    variant: str = "full"  # one of VARIANTS
+    hidden: int = 128  # per direction; speech-appearance feature = 2 * hidden
+    layers: int = 2
+    dropout: float = 0.3  # between GRU layers and before the FC
+    # Width of the Bi-GRU input tokens; None -> the RACNN's last width (288).
+    token_dim: int | None = None
+    w: float = 0.5  # hybrid = w * speech_appearance + (1 - w) * geometric
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"fusion.variant={self.variant!r}; choose one of {VARIANTS}")
+        if not 0.0 <= self.w <= 1.0:
+            raise ConfigError(f"fusion.w={self.w} must lie in [0, 1]")
+
+    @property
+    def uses_appearance(self) -> bool:
+        return self.variant in ("speech_appearance", "full")
+
+    @property
+    def uses_geometry(self) -> bool:
+        return self.variant in ("speech_geometry", "full")
+
+
+@dataclass
+class ModelConfig:
+    n_classes: int = 8  # emotions of the fusion head
+    keyframes: int = 9  # K face crops / landmark frames per clip
+    racnn: RACNNConfig = field(default_factory=RACNNConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    agru: AGRUConfig = field(default_factory=AGRUConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)

@@ -1,0 +1,348 @@
+"""Kernel linear discriminant analysis (KLDA), the paper's last feature stage.
+
+The hybrid features of the fusion network are projected onto at most C-1
+discriminant directions of a kernel-induced feature space, then a linear
+softmax classifier is trained on the projection (paper section II-D; DESIGN.md
+"The model"). This module is the projection, as a scikit-learn transformer, so
+``Pipeline([("klda", KernelLDA()), ("clf", LogisticRegression())])`` is the
+KLDA head and ``GridSearchCV`` can tune the kernel width.
+
+Two solvers, picked by training-set size (``solver_``):
+
+``"exact"`` (n <= ``max_exact``)
+    Generalized discriminant analysis (Mika et al. 1999; Baudat & Anouar
+    2000). A direction is ``w = sum_i alpha_i phi~(x_i)`` over the centred
+    training images, so everything is written with the centred kernel matrix
+    ``Kc``: between-class scatter ``M = sum_c n_c m_c m_c^T`` (``m_c`` the mean
+    of ``Kc``'s columns in class c) and within-class scatter
+    ``N = sum_i (Kc_i - m_{y_i})(Kc_i - m_{y_i})^T``. Both are built as
+    ``A A^T`` products, so they are symmetric positive semi-definite by
+    construction. The directions solve ``M alpha = lambda (N + eps I) alpha``
+    with ``scipy.linalg.eigh``; ``eps = reg * trace(N) / n`` keeps the ridge
+    in proportion to the data instead of in absolute units. No matrix is
+    inverted. Cost: O(n^3) time, O(n^2) memory, and ``transform`` evaluates
+    the kernel against all n stored training points.
+
+``"nystroem"`` (n > ``max_exact``)
+    ``sklearn.kernel_approximation.Nystroem`` maps the data to ``n_nystroem``
+    explicit features (kernel evaluated against that many random landmark
+    points), then ordinary LDA runs there with the same trace-scaled ridge on
+    the within-class scatter. Cost: O(n m^2 + m^3) for m landmarks.
+
+Conventions shared by both solvers, so their outputs are comparable:
+
+- Projections are scaled so that the within-class variance of the training
+  projections, ridge included (``alpha^T (N + eps I) alpha / (n - C)``), is 1
+  along every component. This is the usual LDA "whitened within-class"
+  scaling; the ridge term keeps it finite when the within-class scatter
+  vanishes (duplicated points, an over-narrow RBF kernel), where a
+  ridge-free normalisation would divide by zero.
+- Signs are fixed from the data, not from the eigen solver: each component
+  is flipped so that its largest (in absolute value) projected class mean is
+  positive. Repeated fits, and the two solvers, therefore agree in sign.
+- Components are ordered by decreasing discriminant ratio
+  (``discriminant_ratios_``).
+
+``gamma`` for the RBF (and laplacian/sigmoid/polynomial) kernels:
+
+- ``None``: ``1 / n_features``, scikit-learn's ``pairwise_kernels`` default;
+- ``"scale"``: ``1 / (n_features * X.var())``, as ``sklearn.svm.SVC``;
+- ``"median"``: ``1 / median squared distance`` between training points
+  (the median heuristic, computed on at most ``MEDIAN_HEURISTIC_SAMPLE``
+  points drawn with ``random_state``);
+- a positive float: used as is.
+The value used is stored in ``gamma_``. A callable kernel receives only
+``kernel_params``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from scipy import linalg
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.kernel_approximation import Nystroem
+from sklearn.metrics.pairwise import euclidean_distances, pairwise_kernels
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+# Points used to estimate the median pairwise distance: the median of a few
+# hundred thousand pairs is already stable, and the full O(n^2) would dominate fit.
+MEDIAN_HEURISTIC_SAMPLE = 1000
+
+# Kernels whose ``gamma``/``degree``/``coef0`` sklearn's pairwise_kernels accepts.
+_GAMMA_KERNELS = frozenset({"rbf", "laplacian", "sigmoid", "polynomial", "poly", "chi2"})
+_DEGREE_KERNELS = frozenset({"polynomial", "poly"})
+_COEF0_KERNELS = frozenset({"sigmoid", "polynomial", "poly"})
+
+SOLVER_EXACT = "exact"
+SOLVER_NYSTROEM = "nystroem"
+
+
+class KernelLDA(TransformerMixin, BaseEstimator):
+    """Kernel LDA projection onto at most C-1 discriminant directions.
+
+    Parameters
+    ----------
+    kernel : {"rbf", "linear", "poly", "polynomial", "laplacian", "sigmoid"} or callable
+        Kernel function, as understood by ``sklearn.metrics.pairwise.pairwise_kernels``.
+    gamma : float, "scale", "median" or None
+        Kernel width; see the module docstring for the defaults.
+    n_components : int or None
+        Number of discriminant directions; None means C-1. Larger values are
+        capped at C-1 (the rank of the between-class scatter) with a warning.
+    reg : float
+        Ridge on the within-class scatter, relative to its mean eigenvalue
+        (``trace / dim``). Larger values trade discrimination for stability.
+    max_exact : int
+        Largest training set solved exactly; beyond it, the Nyström solver.
+    n_nystroem : int
+        Landmark points of the Nyström approximation.
+    random_state : int, RandomState or None
+        Seeds landmark choice and the median-heuristic sample.
+    degree, coef0 : polynomial/sigmoid kernel parameters.
+    kernel_params : dict or None
+        Extra keyword arguments of the kernel (the only ones a callable gets).
+
+    Attributes
+    ----------
+    classes_, n_features_in_, n_components_, gamma_, solver_,
+    discriminant_ratios_ : eigenvalues (between/within ratios), decreasing.
+    Exact solver: ``X_fit_`` (training points), ``dual_coef_`` (n x d
+    expansion coefficients), ``kernel_col_means_``, ``kernel_mean_``
+    (centring statistics of the training kernel).
+    Nyström solver: ``nystroem_``, ``feature_mean_``, ``scalings_`` (m x d).
+    """
+
+    def __init__(
+        self,
+        kernel="rbf",
+        gamma=None,
+        n_components=None,
+        reg=1e-3,
+        max_exact=2000,
+        n_nystroem=500,
+        random_state=0,
+        degree=3,
+        coef0=1.0,
+        kernel_params=None,
+    ):
+        self.kernel = kernel
+        self.gamma = gamma
+        self.n_components = n_components
+        self.reg = reg
+        self.max_exact = max_exact
+        self.n_nystroem = n_nystroem
+        self.random_state = random_state
+        self.degree = degree
+        self.coef0 = coef0
+        self.kernel_params = kernel_params
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        check_classification_targets(y)
+        self._check_params()
+        self.classes_, class_index = np.unique(y, return_inverse=True)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(
+                f"KernelLDA needs at least 2 classes in y, got {n_classes} "
+                f"({self.classes_.tolist()}): a discriminant needs classes to separate."
+            )
+        self.n_components_ = self._capped_components(n_classes)
+        self.gamma_ = self._resolve_gamma(X)
+        if X.shape[0] <= self.max_exact:
+            self.solver_ = SOLVER_EXACT
+            self._fit_exact(X, class_index, n_classes)
+        else:
+            self.solver_ = SOLVER_NYSTROEM
+            self._fit_nystroem(X, class_index, n_classes)
+        return self
+
+    def _check_params(self):
+        if not (isinstance(self.reg, numbers.Real) and self.reg > 0):
+            raise ValueError(f"reg must be a positive number, got {self.reg!r}")
+        for name in ("max_exact", "n_nystroem"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or value < (1 if name == "n_nystroem" else 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_components is not None and not (
+            isinstance(self.n_components, numbers.Integral) and self.n_components >= 1
+        ):
+            raise ValueError(f"n_components must be None or an integer >= 1, got {self.n_components!r}")
+
+    def _capped_components(self, n_classes):
+        most = n_classes - 1  # rank of the between-class scatter
+        if self.n_components is None:
+            return most
+        if self.n_components > most:
+            warnings.warn(
+                f"KernelLDA: n_components={self.n_components} exceeds C-1={most} "
+                f"for {n_classes} classes; using {most}.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return most
+        return int(self.n_components)
+
+    def _resolve_gamma(self, X):
+        if callable(self.kernel) or self.kernel not in _GAMMA_KERNELS:
+            return None
+        if self.gamma is None:
+            return 1.0 / X.shape[1]
+        if isinstance(self.gamma, str):
+            return self._gamma_from_data(X)
+        if not (isinstance(self.gamma, numbers.Real) and self.gamma > 0):
+            raise ValueError(f"gamma must be positive, None, 'scale' or 'median', got {self.gamma!r}")
+        return float(self.gamma)
+
+    def _gamma_from_data(self, X):
+        if self.gamma == "scale":
+            spread = X.var() * X.shape[1]
+        elif self.gamma == "median":
+            rng = check_random_state(self.random_state)
+            if X.shape[0] > MEDIAN_HEURISTIC_SAMPLE:
+                X = X[rng.choice(X.shape[0], MEDIAN_HEURISTIC_SAMPLE, replace=False)]
+            squared = euclidean_distances(X, squared=True)
+            spread = np.median(squared[np.triu_indices_from(squared, k=1)])
+        else:
+            raise ValueError(f"gamma must be a number, None, 'scale' or 'median', got {self.gamma!r}")
+        # Constant data has zero spread; any width then gives the same kernel.
+        return 1.0 / spread if spread > 0 else 1.0
+
+    def _kernel_args(self):
+        """Keyword arguments of the kernel, only those it accepts."""
+        args = dict(self.kernel_params or {})
+        if callable(self.kernel):
+            return args
+        if self.kernel in _GAMMA_KERNELS:
+            args["gamma"] = self.gamma_
+        if self.kernel in _DEGREE_KERNELS:
+            args["degree"] = self.degree
+        if self.kernel in _COEF0_KERNELS:
+            args["coef0"] = self.coef0
+        return args
+
+    def _kernel(self, X, Y):
+        return pairwise_kernels(X, Y, metric=self.kernel, **self._kernel_args())
+
+    def _fit_exact(self, X, class_index, n_classes):
+        gram = _symmetrised(self._kernel(X, X))
+        self.kernel_col_means_ = gram.mean(axis=0)
+        self.kernel_mean_ = float(self.kernel_col_means_.mean())
+        centred = _centre_kernel(gram, self.kernel_col_means_, self.kernel_mean_)
+        # Columns of the centred kernel are the training points' coordinates.
+        coef = _discriminant_directions(
+            centred.T, class_index, n_classes, self.n_components_, self.reg
+        )
+        self.X_fit_ = X
+        self.dual_coef_, self.discriminant_ratios_ = coef
+
+    def _fit_nystroem(self, X, class_index, n_classes):
+        self.nystroem_ = Nystroem(
+            kernel=self.kernel,
+            n_components=min(self.n_nystroem, X.shape[0]),
+            random_state=self.random_state,
+            kernel_params=self._kernel_args() or None,
+        ).fit(X)
+        features = self.nystroem_.transform(X)
+        self.feature_mean_ = features.mean(axis=0)
+        self.scalings_, self.discriminant_ratios_ = _discriminant_directions(
+            features - self.feature_mean_, class_index, n_classes, self.n_components_, self.reg
+        )
+
+    # ------------------------------------------------------------ transform
+
+    def transform(self, X):
+        check_is_fitted(self, "solver_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        if self.solver_ == SOLVER_EXACT:
+            cross = self._kernel(X, self.X_fit_)
+            return _centre_kernel(cross, self.kernel_col_means_, self.kernel_mean_) @ self.dual_coef_
+        return (self.nystroem_.transform(X) - self.feature_mean_) @ self.scalings_
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "solver_")
+        return np.asarray([f"kernellda{i}" for i in range(self.n_components_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _symmetrised(matrix):
+    """Average with the transpose: kernel rounding can break exact symmetry."""
+    return (matrix + matrix.T) / 2.0
+
+
+def _centre_kernel(cross, col_means, total_mean):
+    """Centre ``k(x_new, x_train)`` in feature space with training statistics.
+
+    ``<phi(a) - mu, phi(b) - mu>`` with ``mu`` the training mean image expands
+    to ``k(a, b) - mean_j k(a, x_j) - mean_i k(x_i, b) + mean_ij k(x_i, x_j)``.
+    """
+    row_means = cross.mean(axis=1, keepdims=True)
+    return cross - row_means - col_means[np.newaxis, :] + total_mean
+
+
+def _discriminant_directions(points, class_index, n_classes, n_components, reg):
+    """LDA on centred ``points`` (n x p): directions and their ratios.
+
+    Shared by both solvers: for the exact one the "points" are the columns of
+    the centred kernel matrix (coordinates in the span of the training images),
+    for Nyström the explicit features. Returns ``(directions p x d, ratios d)``,
+    scaled to unit regularised within-class variance, with data-fixed signs.
+    """
+    n_samples, dim = points.shape
+    class_counts = np.bincount(class_index, minlength=n_classes).astype(np.float64)
+    class_means = np.zeros((n_classes, dim))
+    np.add.at(class_means, class_index, points)
+    class_means /= class_counts[:, np.newaxis]
+
+    # Both scatters as A^T A: symmetric PSD by construction, no cancellation.
+    between_factor = class_means * np.sqrt(class_counts)[:, np.newaxis]
+    within_factor = points - class_means[class_index]
+    between = _symmetrised(between_factor.T @ between_factor)
+    within = _symmetrised(within_factor.T @ within_factor)
+    ridged = within + _ridge(within, between, reg) * np.eye(dim)
+
+    n_kept = min(n_components, dim)
+    # eigh returns ascending eigenvalues and B-orthonormal vectors (v^T B v = 1).
+    ratios, directions = linalg.eigh(
+        between, ridged, subset_by_index=[dim - n_kept, dim - 1], driver="gvx"
+    )
+    ratios, directions = ratios[::-1], directions[:, ::-1]
+    degrees_of_freedom = max(n_samples - n_classes, 1)
+    directions = directions * np.sqrt(degrees_of_freedom)
+    directions = directions * _signs(class_means @ directions)
+    return directions, np.clip(ratios, 0.0, None)
+
+
+def _ridge(within, between, reg):
+    """``reg`` times the mean within-class eigenvalue, never zero.
+
+    Falls back to the between-class scale (then to 1) when every class is a
+    single repeated point, so the right-hand matrix stays positive definite.
+    """
+    dim = within.shape[0]
+    for scatter in (within, between):
+        scale = np.trace(scatter) / dim
+        if scale > np.finfo(np.float64).tiny:
+            return reg * scale
+    return reg
+
+
+def _signs(projected_class_means):
+    """+-1 per component so its largest-magnitude class mean is positive."""
+    largest = np.argmax(np.abs(projected_class_means), axis=0)
+    chosen = projected_class_means[largest, np.arange(projected_class_means.shape[1])]
+    return np.where(chosen < 0, -1.0, 1.0)

@@ -1,0 +1,62 @@
+"""Typed configuration of the platform jobs: preprocessing, training, tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avser.data.splits import SplitConfig
+from avser.features.config import FeatureConfig, RacnnInputConfig
+
+
+@dataclass
+class PreprocessConfig:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # None -> as many actors as the cluster has CPUs / cpus_per_actor.
+    num_actors: int | None = None
+    cpus_per_actor: float = 1.0
+    clips_per_batch: int = 4
+    # Rows buffered on the driver before a part file is written (crash-safety grain).
+    rows_per_part: int = 32
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # paper
+    weight_decay: float = 0.0
+    batch_size: int = 10  # paper
+    max_epochs: int = 100  # paper: up to 100
+    patience: int = 10  # early stopping on validation loss
+    grad_clip: float = 5.0
+
+
+@dataclass
+class KLDAConfig:
+    enabled: bool = True
+    kernel: str = "rbf"
+    gamma: float | None = None
+    reg: float = 1e-3
+    classifier_c: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "fusion"  # pretrain (RACNN + speech head) | fusion (full model)
+    model_config: str = "configs/model/tiny.yaml"
+    model_overrides: list[str] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    racnn_input: RacnnInputConfig = field(default_factory=RacnnInputConfig)
+    klda: KLDAConfig = field(default_factory=KLDAConfig)
+    # RACNN initialisation for fusion: scratch | checkpoint:PATH | registry:NAME@ALIAS
+    init: str = "scratch"
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    mixed_precision: bool = True  # bf16 autocast, GPU only
+    max_failures: int = 2
+    seed: int = 0
+    experiment: str = "avser"
+    storage_path: str = "ray_results"
+    run_name: str | None = None
+    register_as: str | None = None  # registered model name; None -> by stage
+    fold: int | None = None  # run a single fold of a k-fold protocol

@@ -1,0 +1,145 @@
+"""Ray Data: manifest -> feature store.
+
+The per-clip feature functions run in ``map_batches`` on a pool of CPU
+actors; each actor loads its landmark model once. Rows stream back to the
+driver, which writes them as part files every ``rows_per_part`` rows, so a
+crash loses at most one part's worth of work and a re-run computes only the
+clips whose ``source_key`` is not yet stored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from avser import config as configlib
+from avser.data import store as feature_store
+from avser.data.manifest import Clip, read_manifest
+from avser.errors import AvserError
+from avser.features.clip import extract_clip
+from avser.features.config import FeatureConfig
+from avser.platform.config import PreprocessConfig
+
+
+@dataclass
+class PreprocessReport:
+    total: int
+    computed: int
+    skipped: int
+    failed: int
+    seconds: float
+    summary: str
+
+
+def featurize_clip(clip: Clip, key: str, cfg: FeatureConfig, landmarker) -> dict[str, Any]:
+    """One store row; never raises for a bad clip (the row says what went wrong)."""
+    try:
+        features = extract_clip(clip, cfg, landmarker)
+        return feature_store.ok_row(clip, key, features)
+    except AvserError as exc:
+        reason = getattr(exc, "reason", "error")
+        return feature_store.error_row(clip, key, reason, f"clip {clip.clip_id}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one broken clip must not stop the job
+        message = (f"clip {clip.clip_id}: unexpected {type(exc).__name__}: {exc} "
+                   "(a bug in avser or a library; please report it with this clip)")
+        return feature_store.error_row(clip, key, "internal", message)
+
+
+def _make_landmarker(cfg: FeatureConfig):
+    from avser.features.landmarks import make_landmark_backend
+
+    return make_landmark_backend(cfg.landmarks)
+
+
+class ClipFeaturizer:
+    """Ray Data actor: holds one landmark backend for all the clips it sees."""
+
+    def __init__(self, feature_cfg: dict[str, Any]) -> None:
+        self.cfg = configlib.from_dict(FeatureConfig, feature_cfg)
+        self.landmarker = _make_landmarker(self.cfg)
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        rows = [
+            featurize_clip(Clip.from_row(r), r["source_key"], self.cfg, self.landmarker)
+            for r in batch.to_dict("records")
+        ]
+        return pa.Table.from_pylist(rows, schema=feature_store.SCHEMA)
+
+
+def plan(manifest: pd.DataFrame, store: str | Path, cfg: FeatureConfig) -> pd.DataFrame:
+    """Manifest rows still to compute, with their ``source_key`` column."""
+    chash = configlib.config_hash(cfg)
+    keys = [feature_store.source_key(c, chash) for c in feature_store.manifest_clips(manifest)]
+    keyed = manifest.assign(source_key=keys)
+    return keyed[~keyed["source_key"].isin(feature_store.stored_keys(store))]
+
+
+def _actor_count(cfg: PreprocessConfig, n_clips: int) -> int:
+    import ray
+
+    if cfg.num_actors:
+        return max(1, min(cfg.num_actors, n_clips))
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, min(int(cpus // cfg.cpus_per_actor), n_clips))
+
+
+def _feature_dataset(todo: pd.DataFrame, cfg: PreprocessConfig):
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    chunks = [todo.iloc[i : i + cfg.clips_per_batch]
+              for i in range(0, len(todo), cfg.clips_per_batch)]
+    return ray.data.from_pandas(chunks).map_batches(
+        ClipFeaturizer,
+        fn_constructor_args=(configlib.to_dict(cfg.features),),
+        batch_size=cfg.clips_per_batch,
+        batch_format="pandas",
+        concurrency=_actor_count(cfg, len(todo)),
+        num_cpus=cfg.cpus_per_actor,
+    )
+
+
+def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> None:
+    from tqdm import tqdm
+
+    buffered: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
+    for batch in _feature_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        buffered.extend(rows)
+        bar.update(len(rows))
+        bar.set_postfix(failed=sum(r["status"] != feature_store.STATUS_OK for r in buffered))
+        if len(buffered) >= cfg.rows_per_part:
+            feature_store.write_part(buffered, store)
+            buffered = []
+    if buffered:
+        feature_store.write_part(buffered, store)
+    bar.close()
+
+
+def run_preprocess(
+    manifest_path: str | Path, store: str | Path, cfg: PreprocessConfig, progress: bool = True
+) -> PreprocessReport:
+    """Compute every manifest clip not yet in ``store``; print a failure summary."""
+    start = time.perf_counter()
+    store = Path(store)
+    manifest = read_manifest(manifest_path)
+    todo = plan(manifest, store, cfg.features)
+    if len(todo):
+        _stream_to_store(todo, store, cfg, progress)
+    rows = feature_store.read_store(store)
+    rows = rows[rows["clip_id"].isin(manifest["clip_id"])]
+    failed = int((rows["status"] != feature_store.STATUS_OK).sum())
+    return PreprocessReport(
+        total=len(manifest),
+        computed=len(todo),
+        skipped=len(manifest) - len(todo),
+        failed=failed,
+        seconds=time.perf_counter() - start,
+        summary=feature_store.failure_summary(rows),
+    )

@@ -1,0 +1,46 @@
+"""Ray Data job: manifest -> feature store.
+
+    python jobs/preprocess.py --manifest M.parquet --out STORE [--landmarks dlib]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from avser import config
+from avser.platform.cluster import init_ray
+from avser.platform.config import PreprocessConfig
+from avser.platform.preprocess import run_preprocess
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--out", required=True, help="feature store folder")
+    parser.add_argument("--config", default=None, help="preprocess config YAML")
+    parser.add_argument("--landmarks", default=None, help="dlib | openface-csv | openface")
+    parser.add_argument("--num-actors", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. features.keyframes.k=5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.set)
+    if args.landmarks:
+        overrides.append(f"features.landmarks.backend={args.landmarks}")
+    if args.num_actors:
+        overrides.append(f"num_actors={args.num_actors}")
+    cfg = config.load(PreprocessConfig, args.config, overrides)
+    init_ray()
+    report = run_preprocess(args.manifest, args.out, cfg)
+    print(f"{report.total} clips: {report.computed} computed, {report.skipped} already stored, "
+          f"{report.seconds:.1f} s")
+    print(report.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
