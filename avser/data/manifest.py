@@ -9,6 +9,7 @@ corpus-specific fields (statement, intensity, session, ...).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,7 +102,8 @@ class ScanResult:
 
 def corpus_root(root: str | Path, corpus: str) -> Path:
     """``root`` as an absolute folder, or an error naming it."""
-    path = Path(root).expanduser().absolute()
+    # abspath, not resolve: normalise "..", keep the user's symlinks in paths.
+    path = Path(os.path.abspath(Path(root).expanduser()))
     if not path.is_dir():
         raise AvserError(
             f"{corpus} root {path} does not exist or is not a folder; "

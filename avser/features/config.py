@@ -14,6 +14,9 @@ class AudioConfig:
     hop_length_ms: float = 10.0
     fmin: float = 20.0
     fmax: float | None = None
+    # log-mel = 10*log10(max(power, power_floor)), clipped to top_db below the clip's peak.
+    power_floor: float = 1e-10
+    top_db: float | None = 80.0
     delta_width: int = 9
     # Utterances longer than this are cut (keeps the store compact); shorter are kept as is.
     max_seconds: float = 8.0
@@ -23,11 +26,17 @@ class AudioConfig:
 
 @dataclass
 class RacnnInputConfig:
-    """The RACNN input transform: D overlapping segments, each resized to size x size."""
+    """The RACNN input transform: D overlapping segments, each resized to size x size.
+
+    Neighbouring segments share ``overlap`` of their length; their length is
+    chosen so the ``segments`` together cover the whole utterance.
+    """
 
     segments: int = 9
     size: int = 224
     overlap: float = 0.5
+    # Floor of the per-utterance standard deviation (a constant utterance -> zeros).
+    min_std: float = 1e-5
 
 
 @dataclass
@@ -41,11 +50,20 @@ class VideoConfig:
 @dataclass
 class LandmarkConfig:
     backend: str = "dlib"  # dlib | openface-csv | openface
-    # dlib: detect faces on a frame downscaled to this width, re-detect every N frames
-    detect_width: int = 320
+    # dlib: detect faces on a frame downscaled to this width (None: full size),
+    # re-detect every N frames; in between, follow the face from its landmarks.
+    detect_width: int | None = 320
     redetect_every: int = 10
     upsample: int = 0
+    # dlib: False detects on every frame (slow; the benchmark's baseline).
+    track: bool = True
+    # dlib: a followed face is checked by re-running the detector on a crop
+    # around it, resized so the face is this many pixels wide (its window is 80).
+    verify_face_px: int = 100
     openface_binary: str = "FeatureExtraction"
+    openface_timeout_s: float = 600.0
+    # A frame counts as found at or above this confidence; for dlib the
+    # confidence is sigmoid(detector score), so 0.5 is the detector's own threshold.
     min_confidence: float = 0.5
 
 

@@ -93,7 +93,8 @@ class AudioTrack:
         return self.samples.shape[1] / self.sample_rate
 
 
-def _check_exists(path: Path) -> None:
+def require_file(path: Path) -> None:
+    """Raise :class:`MissingFileError` unless ``path`` is an existing file."""
     if not path.is_file():
         what = "is a directory, not a media file" if path.is_dir() else "does not exist"
         raise MissingFileError(path, f"file {what}", "check the path in the manifest")
@@ -103,7 +104,7 @@ def _check_exists(path: Path) -> None:
 def open_media(path: str | Path) -> Iterator[av.container.InputContainer]:
     """Open ``path`` for reading with PyAV, turning failures into typed errors."""
     path = Path(path)
-    _check_exists(path)
+    require_file(path)
     try:
         container = av.open(str(path), mode="r")
     except _MEDIA_ERRORS as exc:

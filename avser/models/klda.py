@@ -18,16 +18,22 @@ Two solvers, picked by training-set size (``solver_``):
     ``N = sum_i (Kc_i - m_{y_i})(Kc_i - m_{y_i})^T``. Both are built as
     ``A A^T`` products, so they are symmetric positive semi-definite by
     construction. The directions solve ``M alpha = lambda (N + eps I) alpha``
-    with ``scipy.linalg.eigh``; ``eps = reg * trace(N) / n`` keeps the ridge
-    in proportion to the data instead of in absolute units. No matrix is
+    with ``scipy.linalg.eigh``; ``eps = reg * trace(N) / n`` (n training
+    points) keeps the ridge in proportion to the data, not in absolute units. No matrix is
     inverted. Cost: O(n^3) time, O(n^2) memory, and ``transform`` evaluates
     the kernel against all n stored training points.
 
 ``"nystroem"`` (n > ``max_exact``)
-    ``sklearn.kernel_approximation.Nystroem`` maps the data to ``n_nystroem``
-    explicit features (kernel evaluated against that many random landmark
-    points), then ordinary LDA runs there with the same trace-scaled ridge on
-    the within-class scatter. Cost: O(n m^2 + m^3) for m landmarks.
+    ``sklearn.kernel_approximation.Nystroem`` maps the data to m =
+    ``n_nystroem`` explicit features F (kernel evaluated against m random
+    landmark points), so ``Kc ~ F F^T``. The exact problem for that
+    approximate kernel is then solved in m dimensions: with ``F = U S V^T``
+    the coefficients live in span(U), where the kernel rows have coordinates
+    ``F V S``, and LDA with the same ridge runs on those. Past ``max_exact``
+    the estimator thus stays the same estimator, approximated, and converges
+    to the exact one as m grows (rather than switching to a differently
+    regularised feature-space LDA). Cost: O(n m^2 + m^3); ``transform``
+    evaluates the kernel against the m landmarks only.
 
 Conventions shared by both solvers, so their outputs are comparable:
 
@@ -62,7 +68,7 @@ import warnings
 
 import numpy as np
 from scipy import linalg
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.metrics.pairwise import euclidean_distances, pairwise_kernels
 from sklearn.utils import check_random_state
@@ -78,11 +84,15 @@ _GAMMA_KERNELS = frozenset({"rbf", "laplacian", "sigmoid", "polynomial", "poly",
 _DEGREE_KERNELS = frozenset({"polynomial", "poly"})
 _COEF0_KERNELS = frozenset({"sigmoid", "polynomial", "poly"})
 
+# A class-order trend this small relative to the class means counts as a tie
+# (see _signs): the sign then comes from the largest class mean instead.
+SIGN_TIE_TOLERANCE = 1e-6
+
 SOLVER_EXACT = "exact"
 SOLVER_NYSTROEM = "nystroem"
 
 
-class KernelLDA(TransformerMixin, BaseEstimator):
+class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Kernel LDA projection onto at most C-1 discriminant directions.
 
     Parameters
@@ -154,23 +164,25 @@ class KernelLDA(TransformerMixin, BaseEstimator):
                 f"KernelLDA needs at least 2 classes in y, got {n_classes} "
                 f"({self.classes_.tolist()}): a discriminant needs classes to separate."
             )
-        self.n_components_ = self._capped_components(n_classes)
+        n_wanted = self._capped_components(n_classes)
         self.gamma_ = self._resolve_gamma(X)
         if X.shape[0] <= self.max_exact:
             self.solver_ = SOLVER_EXACT
-            self._fit_exact(X, class_index, n_classes)
+            self._fit_exact(X, class_index, n_classes, n_wanted)
         else:
             self.solver_ = SOLVER_NYSTROEM
-            self._fit_nystroem(X, class_index, n_classes)
+            self._fit_nystroem(X, class_index, n_classes, n_wanted)
+        # Fewer Nyström landmarks than C-1 give fewer directions.
+        self.n_components_ = len(self.discriminant_ratios_)
         return self
 
     def _check_params(self):
         if not (isinstance(self.reg, numbers.Real) and self.reg > 0):
             raise ValueError(f"reg must be a positive number, got {self.reg!r}")
-        for name in ("max_exact", "n_nystroem"):
+        for name, least in (("max_exact", 0), ("n_nystroem", 1)):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or value < (1 if name == "n_nystroem" else 0):
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if self.n_components is not None and not (
             isinstance(self.n_components, numbers.Integral) and self.n_components >= 1
         ):
@@ -231,19 +243,20 @@ class KernelLDA(TransformerMixin, BaseEstimator):
     def _kernel(self, X, Y):
         return pairwise_kernels(X, Y, metric=self.kernel, **self._kernel_args())
 
-    def _fit_exact(self, X, class_index, n_classes):
+    def _fit_exact(self, X, class_index, n_classes, n_wanted):
         gram = _symmetrised(self._kernel(X, X))
         self.kernel_col_means_ = gram.mean(axis=0)
         self.kernel_mean_ = float(self.kernel_col_means_.mean())
         centred = _centre_kernel(gram, self.kernel_col_means_, self.kernel_mean_)
-        # Columns of the centred kernel are the training points' coordinates.
-        coef = _discriminant_directions(
-            centred.T, class_index, n_classes, self.n_components_, self.reg
+        # Row i of the centred kernel holds <phi~(x_i), phi~(x_j)> for all j: the
+        # projections of x_i onto every training image, the coordinates in
+        # which the expansion coefficients are the LDA directions.
+        self.dual_coef_, self.discriminant_ratios_ = _discriminant_directions(
+            centred, class_index, n_classes, n_wanted, self.reg
         )
         self.X_fit_ = X
-        self.dual_coef_, self.discriminant_ratios_ = coef
 
-    def _fit_nystroem(self, X, class_index, n_classes):
+    def _fit_nystroem(self, X, class_index, n_classes, n_wanted):
         self.nystroem_ = Nystroem(
             kernel=self.kernel,
             n_components=min(self.n_nystroem, X.shape[0]),
@@ -252,9 +265,12 @@ class KernelLDA(TransformerMixin, BaseEstimator):
         ).fit(X)
         features = self.nystroem_.transform(X)
         self.feature_mean_ = features.mean(axis=0)
-        self.scalings_, self.discriminant_ratios_ = _discriminant_directions(
-            features - self.feature_mean_, class_index, n_classes, self.n_components_, self.reg
+        centred = features - self.feature_mean_
+        to_kernel_rows = _kernel_row_map(centred)
+        directions, self.discriminant_ratios_ = _discriminant_directions(
+            centred @ to_kernel_rows, class_index, n_classes, n_wanted, self.reg
         )
+        self.scalings_ = to_kernel_rows @ directions
 
     # ------------------------------------------------------------ transform
 
@@ -266,9 +282,10 @@ class KernelLDA(TransformerMixin, BaseEstimator):
             return _centre_kernel(cross, self.kernel_col_means_, self.kernel_mean_) @ self.dual_coef_
         return (self.nystroem_.transform(X) - self.feature_mean_) @ self.scalings_
 
-    def get_feature_names_out(self, input_features=None):
-        check_is_fitted(self, "solver_")
-        return np.asarray([f"kernellda{i}" for i in range(self.n_components_)], dtype=object)
+    @property
+    def _n_features_out(self):
+        """Output width, for ClassNamePrefixFeaturesOutMixin's feature names."""
+        return self.n_components_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -277,6 +294,22 @@ class KernelLDA(TransformerMixin, BaseEstimator):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _kernel_row_map(centred_features):
+    """``R`` such that LDA on ``F R`` is exact KLDA on the kernel ``F F^T``.
+
+    The exact solver works on the rows of the centred kernel ``Kc`` with an
+    identity ridge on the expansion coefficients. For an approximate kernel
+    ``Kc ~ F F^T`` (F: n x m centred Nyström features, ``F = U S V^T``) the
+    coefficients live in span(U), where the rows of ``F F^T`` have coordinates
+    ``U S^2 = F V S``. Solving on ``F V S`` therefore regularises exactly as the
+    exact solver does, so the two agree as m grows, rather than silently
+    switching to a different (feature-space) ridge past ``max_exact``.
+    """
+    total = _symmetrised(centred_features.T @ centred_features)
+    eigenvalues, eigenvectors = linalg.eigh(total)
+    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
 def _symmetrised(matrix):
@@ -295,25 +328,25 @@ def _centre_kernel(cross, col_means, total_mean):
 
 
 def _discriminant_directions(points, class_index, n_classes, n_components, reg):
-    """LDA on centred ``points`` (n x p): directions and their ratios.
+    """LDA on ``points`` (n x p, zero mean): directions and their ratios.
 
-    Shared by both solvers: for the exact one the "points" are the columns of
-    the centred kernel matrix (coordinates in the span of the training images),
-    for Nyström the explicit features. Returns ``(directions p x d, ratios d)``,
+    Shared by both solvers: for the exact one the points are the rows of the
+    centred kernel matrix, for Nyström the mapped features (``_kernel_row_map``).
+    Zero-mean points make the between-class scatter a sum over class means
+    alone. The ridge is on the direction's squared norm. Returns ``(directions p x d, ratios d)``,
     scaled to unit regularised within-class variance, with data-fixed signs.
     """
     n_samples, dim = points.shape
     class_counts = np.bincount(class_index, minlength=n_classes).astype(np.float64)
-    class_means = np.zeros((n_classes, dim))
-    np.add.at(class_means, class_index, points)
-    class_means /= class_counts[:, np.newaxis]
+    membership = np.eye(n_classes)[class_index]  # n x C one-hot
+    class_means = (membership.T @ points) / class_counts[:, np.newaxis]
 
     # Both scatters as A^T A: symmetric PSD by construction, no cancellation.
     between_factor = class_means * np.sqrt(class_counts)[:, np.newaxis]
     within_factor = points - class_means[class_index]
     between = _symmetrised(between_factor.T @ between_factor)
     within = _symmetrised(within_factor.T @ within_factor)
-    ridged = within + _ridge(within, between, reg) * np.eye(dim)
+    ridged = within + _ridge(within, between, reg, n_samples) * np.eye(dim)
 
     n_kept = min(n_components, dim)
     # eigh returns ascending eigenvalues and B-orthonormal vectors (v^T B v = 1).
@@ -327,22 +360,36 @@ def _discriminant_directions(points, class_index, n_classes, n_components, reg):
     return directions, np.clip(ratios, 0.0, None)
 
 
-def _ridge(within, between, reg):
-    """``reg`` times the mean within-class eigenvalue, never zero.
+def _ridge(within, between, reg, n_samples):
+    """``reg`` times the within-class scatter's trace per training point.
 
-    Falls back to the between-class scale (then to 1) when every class is a
-    single repeated point, so the right-hand matrix stays positive definite.
+    Per point rather than per dimension, so the exact solver (n dimensions)
+    and Nyström (m) put the same ridge on the same data. Falls back to the
+    between-class scale (then to 1) when every class is a single repeated
+    point, so the right-hand matrix stays positive definite.
     """
-    dim = within.shape[0]
     for scatter in (within, between):
-        scale = np.trace(scatter) / dim
+        scale = np.trace(scatter) / n_samples
         if scale > np.finfo(np.float64).tiny:
             return reg * scale
     return reg
 
 
 def _signs(projected_class_means):
-    """+-1 per component so its largest-magnitude class mean is positive."""
+    """+-1 per component, fixed by the data rather than by the eigen solver.
+
+    A component is flipped so that its projected class means increase with
+    the class order (positive covariance with the class index); a component
+    with no such trend falls back to making its largest-magnitude class mean
+    positive. The trend rule rarely ties: a component that splits two classes
+    symmetrically (means +a and -a) is exactly where "largest mean positive"
+    would be decided by rounding.
+    """
+    n_classes, n_components = projected_class_means.shape
+    trend = np.arange(n_classes) @ (projected_class_means - projected_class_means.mean(axis=0))
+    scale = np.abs(projected_class_means).sum(axis=0) * n_classes
     largest = np.argmax(np.abs(projected_class_means), axis=0)
-    chosen = projected_class_means[largest, np.arange(projected_class_means.shape[1])]
+    fallback = projected_class_means[largest, np.arange(n_components)]
+    decided = np.abs(trend) > SIGN_TIE_TOLERANCE * scale
+    chosen = np.where(decided, trend, fallback)
     return np.where(chosen < 0, -1.0, 1.0)

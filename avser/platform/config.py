@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from avser.data.splits import SplitConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
+from avser.heads import KLDAConfig
 
 
 @dataclass
@@ -27,15 +28,6 @@ class OptimConfig:
     max_epochs: int = 100  # paper: up to 100
     patience: int = 10  # early stopping on validation loss
     grad_clip: float = 5.0
-
-
-@dataclass
-class KLDAConfig:
-    enabled: bool = True
-    kernel: str = "rbf"
-    gamma: float | None = None
-    reg: float = 1e-3
-    classifier_c: float = 1.0
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""Feature-store rows -> model input tensors.
+
+Pure NumPy/PyTorch (no Ray): the training loop, prediction and notebooks all
+turn a batch of store rows into the same tensors. Resizing log-mels to the
+RACNN input happens later, on the worker's device (``racnn_input``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from avser.data.store import decode_landmarks, decode_logmel
+from avser.features.audio import racnn_input
+from avser.features.config import RacnnInputConfig
+from avser.features.faces import decode_jpeg
+
+# ImageNet statistics: what EfficientNet's (optional) pretrained weights expect.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+N_LANDMARKS = 68
+
+
+@dataclass
+class ModelInputs:
+    """One batch: log-mels (variable length) and fixed-size visual tensors."""
+
+    logmels: list[torch.Tensor]  # each (3, n_mels, T_i), float16
+    faces: torch.Tensor  # (B, K, 3, S, S) float32, normalised; zeros without a face
+    landmarks: torch.Tensor  # (B, K, 68, 2) float32; zeros without a face
+    visual_mask: torch.Tensor  # (B,) bool: True where the clip has faces
+    labels: torch.Tensor  # (B,) int64
+
+    def __len__(self) -> int:
+        return len(self.logmels)
+
+    def model_kwargs(self, device: torch.device, cfg: RacnnInputConfig) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the full model's forward, on ``device``."""
+        speech = racnn_input([m.to(device) for m in self.logmels], cfg)
+        return {
+            "speech": speech,
+            "faces": self.faces.to(device),
+            "landmarks": self.landmarks.to(device),
+            "visual_mask": self.visual_mask.to(device),
+        }
+
+
+def face_tensor(jpegs: Sequence[bytes], size: int) -> np.ndarray:
+    """K JPEG crops -> (K, 3, size, size) float32, ImageNet-normalised."""
+    images = []
+    for data in jpegs:
+        image = decode_jpeg(bytes(data))
+        if image.shape[0] != size or image.shape[1] != size:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        images.append(image)
+    stacked = np.stack(images).astype(np.float32) / 255.0
+    return ((stacked - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+
+
+def _row(batch: Mapping[str, Any], i: int) -> dict[str, Any]:
+    return {key: values[i] for key, values in batch.items()}
+
+
+def collate(
+    batch: Mapping[str, Any], face_size: int, k: int, with_visual: bool = True
+) -> ModelInputs:
+    """Columns of store rows (as from ``iter_batches(batch_format="numpy")``).
+
+    ``with_visual=False`` (speech pretraining) skips JPEG decoding; the visual
+    tensors then stay zero and the mask False.
+    """
+    n = len(batch["clip_id"])
+    faces = np.zeros((n, k, 3, face_size, face_size), dtype=np.float32)
+    landmarks = np.zeros((n, k, N_LANDMARKS, 2), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    logmels = []
+    for i in range(n):
+        row = _row(batch, i)
+        logmels.append(torch.from_numpy(decode_logmel(row).copy()))
+        if not with_visual:
+            continue
+        points = decode_landmarks(row)
+        jpegs = row.get("face_jpegs")
+        if points is None or jpegs is None or len(jpegs) == 0:
+            continue
+        count = min(k, len(points))
+        landmarks[i, :count] = points[:count]
+        faces[i, :count] = face_tensor(list(jpegs)[:count], face_size)
+        mask[i] = True
+    return ModelInputs(
+        logmels=logmels,
+        faces=torch.from_numpy(faces),
+        landmarks=torch.from_numpy(landmarks),
+        visual_mask=torch.from_numpy(mask),
+        labels=torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
+    )
+
+
+def speech_batch(inputs: ModelInputs, device: torch.device, cfg: RacnnInputConfig) -> torch.Tensor:
+    """The RACNN input alone, for speech pretraining."""
+    return racnn_input([m.to(device) for m in inputs.logmels], cfg)

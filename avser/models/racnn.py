@@ -1,0 +1,230 @@
+"""RACNN: the 3D residual attention CNN of paper Table I, and its speech head.
+
+Input: the 3D log-mel spectrograms, (B, 3, D, S, S) = (B, 3, 9, 224, 224) at
+paper size. Output: (B, N, C) tokens = (B, 147, 288), the 3 x 7 x 7 positions
+of the last feature map in (depth, height, width) order, each a 288-channel
+vector: the Bi-GRU input of section II-C.
+
+``SpeechEmotionNet`` (RACNN + ``speech_head``) is the speech-only network that
+is pretrained and whose RACNN weights move into the fusion model (Table III).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from avser.errors import ConfigError
+from avser.models.attention import CBAM3d, ConvBlock3d
+from avser.models.config import ModelConfig, RACNNConfig
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One row of Table I: kernel and stride as (depth, height, width), valid padding."""
+
+    name: str
+    kernel: Triple
+    stride: Triple = (1, 1, 1)
+
+    def out_size(self, size: Triple) -> Triple:
+        return tuple((n - k) // s + 1 for n, k, s in zip(size, self.kernel, self.stride))
+
+
+# Table I. Conv6's stride is read as 1x2x2: the table prints its output as
+# 4x28x28, which contradicts that stride and Conv7's 3x14x14 output.
+CONV1 = LayerSpec("Conv1", (3, 2, 2), (1, 2, 2))
+MAX_POOL = LayerSpec("Max pool", (1, 2, 2), (1, 2, 2))
+RA_BLOCKS: tuple[tuple[LayerSpec, LayerSpec], ...] = (
+    (LayerSpec("Conv2", (2, 1, 1)), LayerSpec("Conv3", (2, 1, 1))),
+    (LayerSpec("Conv4", (1, 2, 2), (1, 2, 2)), LayerSpec("Conv5", (2, 1, 1))),
+    (LayerSpec("Conv6", (1, 2, 2), (1, 2, 2)), LayerSpec("Conv7", (2, 1, 1))),
+)
+AVG_POOL = LayerSpec("Avg pool", (1, 2, 2), (1, 2, 2))
+TABLE_I: tuple[LayerSpec, ...] = (CONV1, MAX_POOL, *(s for b in RA_BLOCKS for s in b), AVG_POOL)
+
+
+def _stage_widths(widths: tuple[int, int, int]) -> list[int]:
+    """Output channels of each Table I row: Conv1..Conv3 and pools at widths[0],
+    RA2 at widths[1], RA3 at widths[2]."""
+    per_block = [w for w in widths for _ in range(2)]  # two convs per RA block
+    return [widths[0], widths[0], *per_block, widths[2]]
+
+
+def racnn_layer_shapes(cfg: RACNNConfig) -> dict[str, tuple[int, int, int, int]]:
+    """Output (D, H, W, C) of every Table I row for ``cfg``, by valid-padding
+    arithmetic; raises ConfigError when the input is too small for the table."""
+    size: Triple = (cfg.depth, cfg.input_size, cfg.input_size)
+    shapes = {}
+    for spec, width in zip(TABLE_I, _stage_widths(cfg.widths)):
+        size = spec.out_size(size)
+        if min(size) < 1:
+            raise ConfigError(
+                f"racnn input {cfg.depth}x{cfg.input_size}x{cfg.input_size} is too small "
+                f"for Table I: {spec.name} would output {size}; raise racnn.depth "
+                "(at least 7 segments) or racnn.input_size"
+            )
+        shapes[spec.name] = (*size, width)
+    return shapes
+
+
+def racnn_token_shape(cfg: RACNNConfig) -> tuple[int, int]:
+    """(number of tokens, channels) of RACNN's output: (147, 288) at paper size."""
+    *volume, channels = racnn_layer_shapes(cfg)[AVG_POOL.name]
+    return math.prod(volume), channels
+
+
+def _pool(spec: LayerSpec, kind: type[nn.Module]) -> nn.Module:
+    return kind(spec.kernel, spec.stride)
+
+
+def _centre_crop(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Crop (D, H, W) of ``x`` to ``size`` around the centre; the valid
+    convolutions of the main branch shrink what the shortcut keeps."""
+    for axis, n in zip((2, 3, 4), size):
+        x = x.narrow(axis, (x.shape[axis] - n) // 2, n)
+    return x
+
+
+class ResidualShortcut(nn.Module):
+    """1x1x1 conv + GroupNorm with the block's total stride, or identity when
+    channels and stride already agree (as in ResNet)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Triple, groups: int) -> None:
+        super().__init__()
+        self.proj = None
+        if in_channels != out_channels or any(s != 1 for s in stride):
+            self.proj = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride, bias=False),
+                nn.GroupNorm(groups, out_channels),
+            )
+
+    def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return _centre_crop(x if self.proj is None else self.proj(x), size)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """RA block: two conv blocks, CBAM (channel, then spatial), plus shortcut."""
+
+    def __init__(
+        self,
+        convs: OrderedDict[str, ConvBlock3d],
+        attention: nn.Module,
+        shortcut: ResidualShortcut,
+    ) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(convs)
+        self.attention = attention
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attention(self.convs(x))
+        return y + self.shortcut(x, y.shape[2:])
+
+
+class RACNN(nn.Module):
+    """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: tuple[int, int, int] = (32, 96, 288),
+        groups: int = 8,
+        attention: bool = True,
+        reduction: int = 16,
+        spatial_kernel: int = 7,
+    ) -> None:
+        super().__init__()
+        self.out_channels = widths[-1]
+        self.conv1 = ConvBlock3d(in_channels, widths[0], CONV1.kernel, CONV1.stride, groups)
+        self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
+        blocks, channels = [], widths[0]
+        for specs, width in zip(RA_BLOCKS, widths):
+            blocks.append(
+                self._ra_block(specs, channels, width, groups, attention, reduction, spatial_kernel)
+            )
+            channels = width
+        self.ra1, self.ra2, self.ra3 = blocks
+        self.avgpool = _pool(AVG_POOL, nn.AvgPool3d)
+
+    @staticmethod
+    def _ra_block(specs, in_channels, width, groups, attention, reduction, spatial_kernel):
+        convs, channels = OrderedDict(), in_channels
+        for spec in specs:
+            convs[spec.name.lower()] = ConvBlock3d(channels, width, spec.kernel, spec.stride, groups)
+            channels = width
+        stride = tuple(math.prod(s) for s in zip(*(spec.stride for spec in specs)))
+        return ResidualAttentionBlock(
+            convs,
+            CBAM3d(width, reduction, spatial_kernel) if attention else nn.Identity(),
+            ResidualShortcut(in_channels, width, stride, groups),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: RACNNConfig) -> RACNN:
+        racnn_layer_shapes(cfg)  # fail early, with a clear message, on a too-small input
+        return cls(
+            cfg.in_channels, cfg.widths, cfg.groups, cfg.attention, cfg.reduction, cfg.spatial_kernel
+        )
+
+    def table_i_layers(self) -> dict[str, nn.Module]:
+        """Table I row name -> the module producing that row's output."""
+        layers = {CONV1.name: self.conv1, MAX_POOL.name: self.maxpool}
+        for block, specs in zip((self.ra1, self.ra2, self.ra3), RA_BLOCKS):
+            layers.update({s.name: getattr(block.convs, s.name.lower()) for s in specs})
+        layers[AVG_POOL.name] = self.avgpool
+        return layers
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, D, S, S) -> last feature map (B, C, D', H', W')."""
+        x = self.maxpool(self.conv1(x))
+        return self.avgpool(self.ra3(self.ra2(self.ra1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, D, S, S) -> (B, D'*H'*W', C) tokens in (depth, height, width) order."""
+        return self.forward_features(x).flatten(2).transpose(1, 2)
+
+
+class SpeechHead(nn.Module):
+    """Temporary pretraining head: mean over tokens, dropout, FC -> logits."""
+
+    def __init__(self, channels: int, n_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, n_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(tokens.mean(dim=1)))
+
+
+class SpeechEmotionNet(nn.Module):
+    """RACNN + speech_head, trained on speech alone; ``forward`` -> (B, n_classes) logits."""
+
+    def __init__(self, racnn: RACNN, speech_head: SpeechHead) -> None:
+        super().__init__()
+        self.racnn = racnn
+        self.speech_head = speech_head
+
+    @classmethod
+    def from_config(cls, cfg: RACNNConfig | ModelConfig) -> SpeechEmotionNet:
+        cfg = cfg.racnn if isinstance(cfg, ModelConfig) else cfg
+        return cls(RACNN.from_config(cfg), SpeechHead(cfg.widths[-1], cfg.n_classes, cfg.dropout))
+
+    def forward(self, speech: torch.Tensor) -> torch.Tensor:
+        return self.speech_head(self.racnn(speech))
+
+
+def racnn_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The RACNN part of a state dict: a bare RACNN's as is, or the ``racnn.*``
+    entries of a SpeechEmotionNet / AudioVisualSER checkpoint (heads dropped)."""
+    prefix = "racnn."
+    if not any(key.startswith(prefix) for key in state_dict):
+        return dict(state_dict)
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}

@@ -1,0 +1,179 @@
+"""The training driver: feature store + protocol -> one Ray Train run per fold.
+
+A protocol with several folds gets an MLflow parent run with a child run per
+fold and mean ± std on the parent. Run names are derived from the config and
+the data (no timestamps), so starting the same command again resumes an
+interrupted run from its last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avser import config as configlib
+from avser.data import store as feature_store
+from avser.data.splits import Split, make_splits
+from avser.errors import AvserError
+from avser.models.config import ModelConfig
+from avser.platform import tracking
+from avser.platform.config import TrainConfig
+
+META_COLUMNS = ["clip_id", "corpus", "speaker", "label", "label_name", "status", "source_key"]
+SPEECH_COLUMNS = ["clip_id", "label", "logmel", "logmel_shape"]
+SUMMARY_METRICS = ("test_wa", "test_ua", "test_f1", "klda_test_ua", "final_val_ua", "klda_val_ua")
+
+
+@dataclass
+class FoldResult:
+    name: str
+    run_name: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+
+
+@dataclass
+class ExperimentResult:
+    folds: list[FoldResult]
+    summary: dict[str, tuple[float, float]] = field(default_factory=dict)  # mean, std
+    parent_run_id: str | None = None
+
+    def table(self) -> str:
+        keys = [k for k in SUMMARY_METRICS if any(k in f.metrics for f in self.folds)]
+        lines = ["| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for fold in self.folds:
+            cells = [f"{100 * fold.metrics[k]:.2f}" if k in fold.metrics else "-" for k in keys]
+            lines.append(f"| {fold.name} | " + " | ".join(cells) + " |")
+        if len(self.folds) > 1:
+            cells = [f"{100 * self.summary[k][0]:.2f} ± {100 * self.summary[k][1]:.2f}"
+                     for k in keys if k in self.summary]
+            lines.append("| mean ± std | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def load_store_meta(store: str | Path) -> pd.DataFrame:
+    meta = feature_store.read_store(store, META_COLUMNS)
+    ok = meta[meta["status"] == feature_store.STATUS_OK].reset_index(drop=True)
+    if ok.empty:
+        raise AvserError(f"feature store {store} has no clip with status ok; see its error column")
+    return ok
+
+
+def label_names_of(meta: pd.DataFrame) -> list[str]:
+    pairs = meta.drop_duplicates("label").sort_values("label")
+    names = dict(zip(pairs["label"], pairs["label_name"]))
+    return [names.get(i, f"label{i}") for i in range(int(meta["label"].max()) + 1)]
+
+
+def data_hash(meta: pd.DataFrame) -> str:
+    return hashlib.sha256("".join(sorted(meta["source_key"])).encode()).hexdigest()[:16]
+
+
+def model_config_for(cfg: TrainConfig, n_classes: int) -> ModelConfig:
+    overrides = [*cfg.model_overrides, f"n_classes={n_classes}", f"racnn.n_classes={n_classes}"]
+    return configlib.load_model_config(cfg.model_config, overrides)
+
+
+def _keep_clips(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch["clip_id"], value_set=ids))
+
+
+def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, stage: str) -> dict[str, Any]:
+    """Ray datasets of one split, read lazily from the store's part files."""
+    import ray.data
+
+    files = [str(p) for p in feature_store.part_files(store)]
+    columns = SPEECH_COLUMNS if stage == "pretrain" else None
+    source = ray.data.read_parquet(files, columns=columns)
+    datasets = {}
+    for name, index in (("train", split.train), ("val", split.val), ("test", split.test)):
+        if index is None or len(index) == 0:
+            continue
+        ids = pa.array(sorted(meta["clip_id"].iloc[index]))
+        datasets[name] = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
+                                            batch_format="pyarrow", batch_size=None)
+    datasets["train_eval"] = datasets["train"]
+    return datasets
+
+
+def run_name_for(cfg: TrainConfig, model_cfg: ModelConfig, split_name: str, corpus: str,
+                 dhash: str) -> str:
+    if cfg.run_name:
+        return f"{cfg.run_name}-{split_name}"
+    digest = configlib.config_hash({"train": configlib.to_dict(cfg),
+                                    "model": configlib.to_dict(model_cfg), "data": dhash})
+    return f"{cfg.stage}-{corpus}-{cfg.split.protocol}-{split_name}-{digest[:8]}"
+
+
+def loop_config_for(cfg: TrainConfig, model_cfg: ModelConfig, label_names: list[str], run_name: str,
+                    tracking_info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "train": configlib.to_dict(cfg),
+        "model": configlib.to_dict(model_cfg),
+        "label_names": label_names,
+        "run_name": run_name,
+        "tracking": tracking_info,
+    }
+
+
+def _summarize(folds: list[FoldResult]) -> dict[str, tuple[float, float]]:
+    summary = {}
+    for key in SUMMARY_METRICS:
+        values = [f.metrics[key] for f in folds if key in f.metrics]
+        if values:
+            summary[key] = (float(np.mean(values)), float(np.std(values)))
+    return summary
+
+
+def _parent_run(cfg: TrainConfig, splits: list[Split], tags: dict[str, str], key: str) -> str | None:
+    if len(splits) < 2:
+        return None
+    run_id = tracking.start_run(cfg.experiment, run_key=key, run_name=key, tags=tags)
+    tracking.log_params(run_id, {"train": cfg})
+    return run_id
+
+
+def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str] | None = None,
+                 shard_log_dir: str | None = None) -> ExperimentResult:
+    meta = load_store_meta(store)
+    labels = label_names_of(meta)
+    model_cfg = model_config_for(cfg, len(labels))
+    splits = make_splits(meta, cfg.split)
+    if cfg.fold is not None:
+        splits = [splits[cfg.fold]]
+    corpus = "+".join(sorted(meta["corpus"].unique()))
+    dhash = data_hash(meta)
+    tags = tracking.standard_tags(cfg.split.protocol, corpus, dhash,
+                                  {"stage": cfg.stage, **(extra_tags or {})})
+    parent_key = run_name_for(cfg, model_cfg, "cv", corpus, dhash)
+    parent_id = _parent_run(cfg, splits, tags, parent_key)
+    folds = []
+    for split in splits:
+        folds.append(_run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash,
+                               {"experiment": cfg.experiment, "tags": {**tags, "split": split.name},
+                                "parent_run_id": parent_id, "register": True,
+                                "shard_log_dir": shard_log_dir}))
+    result = ExperimentResult(folds=folds, summary=_summarize(folds), parent_run_id=parent_id)
+    if parent_id:
+        tracking.log_metrics(parent_id, {f"{k}_mean": v[0] for k, v in result.summary.items()} |
+                             {f"{k}_std": v[1] for k, v in result.summary.items()}, step=0)
+        tracking.finish_run(parent_id)
+    return result
+
+
+def _run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash, tracking_info) -> FoldResult:
+    from avser.platform.train import trainer_for
+
+    run_name = run_name_for(cfg, model_cfg, split.name, corpus, dhash)
+    loop_config = loop_config_for(cfg, model_cfg, labels, run_name, tracking_info)
+    trainer = trainer_for(loop_config, datasets_for(store, meta, split, cfg.stage), cfg, run_name)
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    return FoldResult(split.name, run_name, dict(result.metrics or {}), checkpoint)

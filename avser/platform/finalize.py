@@ -1,0 +1,105 @@
+"""After training (rank 0): final metrics, the KLDA head, artifacts, registry.
+
+Kept apart from the per-worker loop so the loop reads as a training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avser.heads import evaluate_head, fit_klda_head
+from avser.metrics import classification_report, plot_confusion, plot_curves
+from avser.platform import tracking
+
+REGISTERED_NAMES = {"pretrain": "avser-racnn", "fusion": "avser"}
+CANDIDATE_ALIAS = "candidate"
+
+
+def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list[str]):
+    from avser.platform.train import evaluate
+
+    metrics: dict[str, float] = {}
+    for name, preds in splits.items():
+        metrics.update(evaluate(preds, label_names, f"final_{name}" if name != "test" else "test"))
+    return metrics
+
+
+def _klda_metrics(ctx, splits) -> dict[str, float]:
+    if ctx.cfg.stage != "fusion" or not ctx.cfg.klda.enabled or "train" not in splits:
+        return {}
+    train = splits["train"]
+    head = fit_klda_head(train["hybrid"], train["labels"], ctx.cfg.klda, seed=ctx.cfg.seed)
+    metrics = {}
+    for name in ("val", "test"):
+        if name in splits:
+            report = evaluate_head(head, splits[name]["hybrid"], splits[name]["labels"], ctx.label_names)
+            metrics.update({f"klda_{name}_ua": report["ua"], f"klda_{name}_wa": report["wa"],
+                            f"klda_{name}_f1": report["macro_f1"]})
+    return metrics
+
+
+def save_hybrid_features(splits, folder: str) -> None:
+    """Cache hybrid features + labels so KLDA can be re-fitted (tuned) without
+    retraining the network."""
+    arrays = {}
+    for name, preds in splits.items():
+        arrays[f"{name}_hybrid"] = preds["hybrid"]
+        arrays[f"{name}_labels"] = preds["labels"]
+    np.savez_compressed(os.path.join(folder, "hybrid_features.npz"), **arrays)
+
+
+def load_hybrid_features(folder: str | Path) -> dict[str, np.ndarray]:
+    with np.load(Path(folder) / "hybrid_features.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def _log_figures(run_id: str, ctx, splits, history) -> None:
+    split = "test" if "test" in splits else "val"
+    preds = splits[split]
+    report = classification_report(preds["labels"], preds["logits"].argmax(1), ctx.label_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        confusion_png = plot_confusion(np.asarray(report["confusion"]), ctx.label_names,
+                                       os.path.join(tmp, f"confusion_{split}.png"),
+                                       title=f"{ctx.run_name}: {split} confusion")
+        curves_png = plot_curves(history, os.path.join(tmp, "curves.png"), title=ctx.run_name)
+        tracking.log_figure_file(run_id, confusion_png, "figures")
+        tracking.log_figure_file(run_id, curves_png, "figures")
+
+
+def _input_example(ctx, model, splits) -> dict[str, np.ndarray]:
+    from avser.models.factory import example_inputs
+
+    return example_inputs(ctx.cfg, ctx.model_cfg)
+
+
+def register(ctx, model, run_id: str) -> str | None:
+    name = ctx.cfg.register_as or REGISTERED_NAMES[ctx.cfg.stage]
+    uri = tracking.log_torch_model(run_id, model.eval(), _input_example(ctx, model, None))
+    return tracking.register_model(uri, name, alias=CANDIDATE_ALIAS,
+                                   tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage})
+
+
+def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
+    metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
+    metrics["best_epoch"] = state.best_epoch
+    torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+    save_hybrid_features(splits, folder)
+    Path(folder, "labels.json").write_text(json.dumps(ctx.label_names))
+    run_id = state.mlflow_run_id
+    tracking.log_metrics(run_id, metrics, step=state.epoch)
+    _log_figures(run_id, ctx, splits, state.history)
+    if ctx.tracking.get("register", True):
+        version = register(ctx, model, run_id)
+        metrics["model_version"] = float(version) if version is not None else -1.0
+    tracking.finish_run(run_id)
+    state.final_metrics = metrics
+    Path(folder, "state.json").write_text(json.dumps(asdict(state)))
+    return metrics

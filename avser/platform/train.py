@@ -1,0 +1,340 @@
+"""Ray Train: the per-worker training loop and the driver that launches it.
+
+``train_loop_per_worker`` only talks to ``ray.train`` (dataset shards,
+report, checkpoints); ``fit`` builds the ``TorchTrainer``. One loop serves
+both stages: ``pretrain`` (RACNN + speech head on speech alone) and
+``fusion`` (the full audio-visual model, then the kernel-LDA head).
+
+Fault tolerance: a checkpoint every epoch; Ray Train restores the latest
+one when a worker fails (``FailureConfig``) or when the same run (same
+storage path and name) is started again, and the MLflow run id travels in
+the checkpoint so the resumed run keeps logging into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from avser import config as configlib
+from avser.batches import ModelInputs, collate
+from avser.metrics import classification_report
+from avser.models.config import ModelConfig
+from avser.models.factory import build_model, forward_logits
+from avser.platform.config import TrainConfig
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+BEST_FILE = "best_model.pt"
+HYBRID_FILE = "hybrid_features.npz"
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint carries besides weights."""
+
+    epoch: int = 0  # next epoch to run
+    best_val_loss: float = float("inf")
+    best_epoch: int = -1
+    stale_epochs: int = 0
+    mlflow_run_id: str | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    # Set by the final checkpoint: a finished run restarted reports these again.
+    final_metrics: dict[str, float] | None = None
+
+    def record(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(float(value))
+
+
+@dataclass
+class LoopContext:
+    """Everything the per-worker loop needs, rebuilt from the loop config dict."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    label_names: list[str]
+    run_name: str
+    tracking: dict[str, Any]  # experiment, parent_run_id, tags, register, uri
+
+    @classmethod
+    def from_loop_config(cls, loop_config: dict[str, Any]) -> "LoopContext":
+        return cls(
+            cfg=configlib.from_dict(TrainConfig, loop_config["train"]),
+            model_cfg=configlib.from_dict(ModelConfig, loop_config["model"]),
+            label_names=list(loop_config["label_names"]),
+            run_name=loop_config["run_name"],
+            tracking=dict(loop_config["tracking"]),
+        )
+
+    @property
+    def with_visual(self) -> bool:
+        return self.cfg.stage == "fusion"
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _batches(iterator, ctx: LoopContext, shuffle_seed: int | None = None):
+    kwargs: dict[str, Any] = {"batch_size": ctx.cfg.optim.batch_size, "batch_format": "numpy"}
+    if shuffle_seed is not None:
+        kwargs.update(local_shuffle_buffer_size=4 * ctx.cfg.optim.batch_size,
+                      local_shuffle_seed=shuffle_seed)
+    for batch in iterator.iter_batches(**kwargs):
+        yield batch, collate(batch, ctx.model_cfg.appearance.image_size,
+                             ctx.model_cfg.keyframes, with_visual=ctx.with_visual)
+
+
+def _autocast(ctx: LoopContext, device: torch.device):
+    enabled = device.type == "cuda" and ctx.cfg.mixed_precision
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+# ---------------------------------------------------------------- epochs
+
+
+def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: int,
+                    seen_ids: list[str] | None = None) -> dict[str, float]:
+    model.train()
+    total_loss, correct, count = 0.0, 0, 0
+    for raw, inputs in _batches(shard, ctx, shuffle_seed=ctx.cfg.seed + epoch):
+        if seen_ids is not None:
+            seen_ids.extend(str(c) for c in raw["clip_id"])
+        labels = inputs.labels.to(device)
+        with _autocast(ctx, device):
+            logits, _ = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.cfg.racnn_input)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.optim.grad_clip)
+        optimizer.step()
+        total_loss += float(loss) * len(inputs)
+        correct += int((logits.argmax(1) == labels).sum())
+        count += len(inputs)
+    return {"train_loss": total_loss / max(count, 1), "train_wa": correct / max(count, 1)}
+
+
+@torch.no_grad()
+def predict(model, iterator, ctx: LoopContext, device) -> dict[str, np.ndarray]:
+    """Logits, labels and hybrid features over a whole dataset (no shuffling)."""
+    model.eval()
+    logits, labels, hybrids, ids = [], [], [], []
+    for raw, inputs in _batches(iterator, ctx):
+        with _autocast(ctx, device):
+            out, hybrid = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.cfg.racnn_input)
+        logits.append(out.float().cpu())
+        hybrids.append(hybrid.float().cpu())
+        labels.append(inputs.labels)
+        ids.extend(str(c) for c in raw["clip_id"])
+    return {
+        "logits": torch.cat(logits).numpy(),
+        "labels": torch.cat(labels).numpy(),
+        "hybrid": torch.cat(hybrids).numpy(),
+        "clip_id": np.asarray(ids),
+    }
+
+
+def evaluate(predictions: dict[str, np.ndarray], label_names: list[str], prefix: str) -> dict[str, float]:
+    logits = torch.from_numpy(predictions["logits"])
+    labels = torch.from_numpy(predictions["labels"])
+    report = classification_report(labels.numpy(), logits.argmax(1).numpy(), label_names)
+    return {
+        f"{prefix}_loss": float(F.cross_entropy(logits, labels)),
+        f"{prefix}_wa": report["wa"],
+        f"{prefix}_ua": report["ua"],
+        f"{prefix}_f1": report["macro_f1"],
+    }
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model, optimizer, state: LoopState, best_state: dict | None, folder: str) -> Checkpoint:
+    torch.save(_unwrap(model).state_dict(), os.path.join(folder, MODEL_FILE))
+    torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
+    if best_state is not None:
+        torch.save(best_state, os.path.join(folder, BEST_FILE))
+    Path(folder, STATE_FILE).write_text(json.dumps(asdict(state)))
+    return Checkpoint.from_directory(folder)
+
+
+def restore_checkpoint(model, optimizer) -> tuple[LoopState, dict | None]:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return LoopState(), None
+    with checkpoint.as_directory() as folder:
+        _unwrap(model).load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), map_location="cpu"))
+        optimizer_path = os.path.join(folder, OPTIMIZER_FILE)
+        if os.path.exists(optimizer_path):  # the final checkpoint holds no optimizer
+            optimizer.load_state_dict(torch.load(optimizer_path, map_location="cpu"))
+        best_path = os.path.join(folder, BEST_FILE)
+        best = torch.load(best_path, map_location="cpu") if os.path.exists(best_path) else None
+        state = LoopState(**json.loads(Path(folder, STATE_FILE).read_text()))
+    return state, best
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _is_rank_zero() -> bool:
+    return ray.train.get_context().get_world_rank() == 0
+
+
+def _start_tracking(ctx: LoopContext, state: LoopState) -> None:
+    """Rank 0 opens (or, after a restart, re-opens) the run's MLflow run."""
+    from avser.platform import tracking
+
+    if state.mlflow_run_id is None:
+        state.mlflow_run_id = tracking.start_run(
+            ctx.tracking["experiment"], run_key=ctx.run_name, run_name=ctx.run_name,
+            tags=ctx.tracking.get("tags", {}), parent_run_id=ctx.tracking.get("parent_run_id"),
+        )
+        tracking.log_params(state.mlflow_run_id, {"train": ctx.cfg, "model": ctx.model_cfg})
+
+
+def _log_epoch(ctx: LoopContext, state: LoopState, metrics: dict[str, float], epoch: int) -> None:
+    from avser.platform import tracking
+
+    tracking.log_metrics(state.mlflow_run_id, metrics, step=epoch)
+
+
+def _record_shard(ctx: LoopContext, seen_ids: list[str]) -> None:
+    folder = ctx.tracking.get("shard_log_dir")
+    if folder:
+        rank = ray.train.get_context().get_world_rank()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(sorted(seen_ids)))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    ctx = LoopContext.from_loop_config(loop_config)
+    torch.manual_seed(ctx.cfg.seed)
+    device = ray.train.torch.get_device()
+    model = build_model(ctx.cfg, ctx.model_cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.optim.lr,
+                                 weight_decay=ctx.cfg.optim.weight_decay)
+    state, best_state = restore_checkpoint(model, optimizer)
+    if state.final_metrics is not None:
+        _report_finished(state)
+        return
+    model = ray.train.torch.prepare_model(model)
+    if _is_rank_zero():
+        _start_tracking(ctx, state)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val")
+
+    while state.epoch < ctx.cfg.optim.max_epochs and state.stale_epochs < ctx.cfg.optim.patience:
+        epoch = state.epoch
+        seen = [] if epoch == 0 else None
+        metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen)
+        if seen is not None:
+            _record_shard(ctx, seen)
+        # Every rank scores the whole (unsplit) validation set, so every rank
+        # takes the same early-stopping decision without a collective.
+        metrics.update(evaluate(predict(_unwrap(model), val_data, ctx, device), ctx.label_names, "val"))
+        state.epoch = epoch + 1
+        if metrics["val_loss"] < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.stale_epochs = metrics["val_loss"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+        else:
+            state.stale_epochs += 1
+        state.record(metrics)
+        metrics["epoch"] = epoch
+        _report_epoch(ctx, model, optimizer, state, best_state, metrics)
+
+    if not _is_rank_zero():
+        ray.train.report({"epoch": state.epoch - 1, "done": 1})
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        final = _finish(ctx, model, best_state, state, device, folder)
+        ray.train.report({**final, "epoch": state.epoch - 1, "done": 1},
+                         checkpoint=Checkpoint.from_directory(folder))
+
+
+def _report_finished(state: LoopState) -> None:
+    """The run had already finished: report its result again, redo nothing."""
+    if not _is_rank_zero():
+        ray.train.report({"epoch": state.epoch - 1, "done": 1})
+        return
+    ray.train.report({**state.final_metrics, "epoch": state.epoch - 1, "done": 1},
+                     checkpoint=ray.train.get_checkpoint())
+
+
+def _report_epoch(ctx, model, optimizer, state, best_state, metrics) -> None:
+    if not _is_rank_zero():
+        ray.train.report(metrics)
+        return
+    _log_epoch(ctx, state, metrics, metrics["epoch"])
+    with tempfile.TemporaryDirectory() as folder:
+        ray.train.report(metrics, checkpoint=save_checkpoint(model, optimizer, state, best_state, folder))
+
+
+def _finish(ctx: LoopContext, model, best_state, state: LoopState, device, folder: str) -> dict[str, float]:
+    """Rank 0, after the last epoch: best weights -> test metrics, KLDA head,
+    artifacts, model logging and registration; the final checkpoint (best
+    weights, cached hybrid features) is written to ``folder``."""
+    from avser.platform import finalize
+
+    model = _unwrap(model)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    # "train_eval" is the whole (unsplit) training set: the KLDA head is fitted
+    # on every training clip, not on rank 0's shard.
+    splits = {name: predict(model, ray.train.get_dataset_shard(source), ctx, device)
+              for name, source in (("train", "train_eval"), ("val", "val"), ("test", "test"))
+              if _has_dataset(source)}
+    return finalize.finish_run(ctx, model, splits, state, folder)
+
+
+def _has_dataset(name: str) -> bool:
+    try:
+        return ray.train.get_dataset_shard(name) is not None
+    except (KeyError, ValueError, RuntimeError):
+        return False
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def trainer_for(loop_config: dict[str, Any], datasets: dict[str, Any], cfg: TrainConfig,
+                run_name: str, callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer whose name (no timestamps) makes re-runs resume it."""
+    from ray.train import DataConfig
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path
+            else cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        # Only the training set is sharded; validation/test are scored whole.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
