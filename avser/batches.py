@@ -38,11 +38,14 @@ class ModelInputs:
     def __len__(self) -> int:
         return len(self.logmels)
 
+    def speech(self, device: torch.device, cfg: RacnnInputConfig) -> torch.Tensor:
+        """The RACNN input (B, 3, D, S, S), computed on ``device``."""
+        return racnn_input([m.to(device) for m in self.logmels], cfg)
+
     def model_kwargs(self, device: torch.device, cfg: RacnnInputConfig) -> dict[str, torch.Tensor]:
         """Keyword arguments of the full model's forward, on ``device``."""
-        speech = racnn_input([m.to(device) for m in self.logmels], cfg)
         return {
-            "speech": speech,
+            "speech": self.speech(device, cfg),
             "faces": self.faces.to(device),
             "landmarks": self.landmarks.to(device),
             "visual_mask": self.visual_mask.to(device),
@@ -99,7 +102,3 @@ def collate(
         labels=torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
     )
 
-
-def speech_batch(inputs: ModelInputs, device: torch.device, cfg: RacnnInputConfig) -> torch.Tensor:
-    """The RACNN input alone, for speech pretraining."""
-    return racnn_input([m.to(device) for m in inputs.logmels], cfg)

@@ -14,7 +14,7 @@ row positions (``frame.iloc``) in the manifest frame, sorted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -69,19 +69,24 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     protocol: str = RANDOM
-    sizes: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.train, self.val, self.test = (np.sort(np.asarray(a, dtype=np.int64)) for a in (self.train, self.val, self.test))
-        for a, b, first, second in (
-            (self.train, self.val, "train", "val"),
-            (self.train, self.test, "train", "test"),
-            (self.val, self.test, "val", "test"),
-        ):
-            shared = np.intersect1d(a, b)
+        self.train, self.val, self.test = (
+            np.sort(np.asarray(part, dtype=np.int64)) for part in (self.train, self.val, self.test)
+        )
+        # Cheap, and it makes "no clip on two sides" true of every Split.
+        parts = self.parts()
+        for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = np.intersect1d(parts[first], parts[second])
             if shared.size:
                 raise AvserError(f"split {self.name}: {shared.size} clips are in both {first} and {second}")
-        self.sizes = {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(part) for name, part in self.parts().items()}
 
 
 def make_splits(frame: pd.DataFrame, cfg: SplitConfig) -> list[Split]:
@@ -113,13 +118,14 @@ def random_split(labels: Sequence, test_fraction: float = 0.2, seed: int = 0) ->
     if not 0 < test_fraction < 1:
         raise AvserError(f"test_fraction {test_fraction} must lie strictly between 0 and 1")
     classes, counts = np.unique(labels, return_counts=True)
-    n_test = _stratified_counts(counts, round(len(labels) * test_fraction))
-    if n_test.sum() == 0:
-        raise AvserError(
-            f"a test fraction of {test_fraction} of {len(labels)} clips leaves no test clip; "
-            "use more clips or a larger fraction"
-        )
     rng = np.random.default_rng(seed)
+    n_test = _stratified_counts(counts, round(len(labels) * test_fraction), rng)
+    if n_test.sum() in (0, len(labels)):
+        side = "test" if n_test.sum() == 0 else "training"
+        raise AvserError(
+            f"a fraction of {test_fraction} of {len(labels)} clips leaves no {side} clip; "
+            "use more clips or another fraction"
+        )
     test = np.concatenate(
         [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, n_test)]
     )
@@ -201,13 +207,14 @@ def validation_split(
     return train_idx[~in_val], train_idx[in_val]
 
 
-def _stratified_counts(counts: np.ndarray, total: int) -> np.ndarray:
+def _stratified_counts(counts: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """Split ``total`` over classes in proportion to ``counts`` (largest
-    remainder), never taking a whole class of two or more clips."""
+    remainder), never taking every clip of a class."""
     quotas = counts * total / counts.sum()
     taken = np.floor(quotas).astype(np.int64)
-    # Stable sort: equal remainders go to the earlier class, deterministically.
-    for c in np.argsort(-(quotas - taken), kind="stable"):
+    # Largest remainder first; equal remainders in a seeded order, so no
+    # class is always the one that gets the extra clip.
+    for c in np.lexsort((rng.permutation(len(counts)), -(quotas - taken))):
         if taken.sum() >= total:
             break
         if taken[c] + 1 < counts[c]:
@@ -226,14 +233,15 @@ def _deal_speakers(
     fold_counts = np.zeros((n_folds, len(classes)), dtype=np.int64)
     fold_of = {}
     for name in order:
-        def cost(k: int) -> tuple[int, float]:
-            after = fold_counts[k] + per_speaker[name]
-            return int(after.sum()), float(np.abs(after / after.sum() - overall).sum())
-
-        fold = min(range(n_folds), key=cost)
+        fold = min(range(n_folds), key=lambda k: _fold_cost(fold_counts[k] + per_speaker[name], overall))
         fold_counts[fold] += per_speaker[name]
         fold_of[name] = fold
     return fold_of
+
+
+def _fold_cost(label_counts: np.ndarray, overall: np.ndarray) -> tuple[int, float]:
+    """Fold size first (balanced folds), then distance of its label mix from the corpus's."""
+    return int(label_counts.sum()), float(np.abs(label_counts / label_counts.sum() - overall).sum())
 
 
 def _complement(n: int, idx: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from avser.heads import evaluate_head, fit_klda_head
+from avser.models.factory import example_inputs
 from avser.metrics import classification_report, plot_confusion, plot_curves
 from avser.platform import tracking
 
@@ -74,15 +75,9 @@ def _log_figures(run_id: str, ctx, splits, history) -> None:
         tracking.log_figure_file(run_id, curves_png, "figures")
 
 
-def _input_example(ctx, model, splits) -> dict[str, np.ndarray]:
-    from avser.models.factory import example_inputs
-
-    return example_inputs(ctx.cfg, ctx.model_cfg)
-
-
 def register(ctx, model, run_id: str) -> str | None:
     name = ctx.cfg.register_as or REGISTERED_NAMES[ctx.cfg.stage]
-    uri = tracking.log_torch_model(run_id, model.eval(), _input_example(ctx, model, None))
+    uri = tracking.log_torch_model(run_id, model.eval(), example_inputs(ctx.cfg.stage, ctx.model_cfg))
     return tracking.register_model(uri, name, alias=CANDIDATE_ALIAS,
                                    tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage})
 

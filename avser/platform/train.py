@@ -30,10 +30,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from avser import config as configlib
-from avser.batches import ModelInputs, collate
+from avser.batches import collate
 from avser.metrics import classification_report
 from avser.models.config import ModelConfig
-from avser.models.factory import build_model, forward_logits
+from avser.models.factory import build_model, forward_logits, racnn_input_config
 from avser.platform.config import TrainConfig
 
 MODEL_FILE = "model.pt"
@@ -85,6 +85,10 @@ class LoopContext:
     def with_visual(self) -> bool:
         return self.cfg.stage == "fusion"
 
+    @property
+    def input_cfg(self):
+        return racnn_input_config(self.model_cfg, self.cfg.racnn_input.overlap)
+
 
 # ---------------------------------------------------------------- batches
 
@@ -116,7 +120,7 @@ def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: in
             seen_ids.extend(str(c) for c in raw["clip_id"])
         labels = inputs.labels.to(device)
         with _autocast(ctx, device):
-            logits, _ = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.cfg.racnn_input)
+            logits, _ = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.input_cfg)
             loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,7 +139,7 @@ def predict(model, iterator, ctx: LoopContext, device) -> dict[str, np.ndarray]:
     logits, labels, hybrids, ids = [], [], [], []
     for raw, inputs in _batches(iterator, ctx):
         with _autocast(ctx, device):
-            out, hybrid = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.cfg.racnn_input)
+            out, hybrid = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.input_cfg)
         logits.append(out.float().cpu())
         hybrids.append(hybrid.float().cpu())
         labels.append(inputs.labels)
@@ -228,14 +232,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = LoopContext.from_loop_config(loop_config)
     torch.manual_seed(ctx.cfg.seed)
     device = ray.train.torch.get_device()
-    model = build_model(ctx.cfg, ctx.model_cfg)
+    model = build_model(ctx.cfg.stage, ctx.model_cfg, ctx.cfg.init)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.optim.lr,
                                  weight_decay=ctx.cfg.optim.weight_decay)
     state, best_state = restore_checkpoint(model, optimizer)
     if state.final_metrics is not None:
         _report_finished(state)
         return
-    model = ray.train.torch.prepare_model(model)
+    # The fusion model leaves branches unused on batches without faces.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": ctx.with_visual})
     if _is_rank_zero():
         _start_tracking(ctx, state)
     train_shard = ray.train.get_dataset_shard("train")

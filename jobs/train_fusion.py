@@ -1,0 +1,28 @@
+"""Ray Train job: train the audio-visual model, then its kernel-LDA head.
+
+    python jobs/train_fusion.py --store STORE --config configs/train_fusion.yaml \
+        [--init scratch|checkpoint:PATH|registry:avser-racnn@candidate] [--num-workers 2]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from avser.platform.cluster import init_ray
+from avser.platform.experiments import run_training
+from avser.platform.jobs import print_result, training_config, training_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = training_parser(__doc__, "configs/train_fusion.yaml")
+    parser.add_argument("--init", default=None, help="RACNN initialisation (paper Table III)")
+    args = parser.parse_args(argv)
+    extra = ["stage=fusion"] + ([f"init={args.init}"] if args.init else [])
+    cfg = training_config(args, extra=extra)
+    init_ray()
+    print_result(run_training(cfg, args.store))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

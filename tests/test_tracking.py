@@ -1,0 +1,302 @@
+"""avser.platform.tracking against a real sqlite MLflow store in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from avser.platform import tracking
+
+EXPERIMENT = "avser-test"
+N_CLASSES = 4
+BATCH = 3
+SPEECH_SHAPE = (BATCH, 3, 4, 8, 8)
+LANDMARKS_SHAPE = (BATCH, 5, 68, 2)
+SEED = 0
+
+
+@dataclass
+class TinyOptim:
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+
+
+@dataclass
+class TinyConfig:
+    name: str = "tiny"
+    epochs: int = 2
+    optim: TinyOptim = field(default_factory=TinyOptim)
+
+
+class SpeechOnly(nn.Module):
+    """Stands in for the RACNN pretraining model: one tensor in, logits out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 4 * 8 * 8, N_CLASSES)
+
+    def forward(self, speech: torch.Tensor) -> torch.Tensor:
+        return self.head(speech.flatten(1))
+
+
+class SpeechAndLandmarks(nn.Module):
+    """Stands in for the fusion model: named inputs, returns (logits, hybrid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.speech = nn.Linear(3 * 4 * 8 * 8, 6)
+        self.landmarks = nn.GRU(68 * 2, 6, batch_first=True)
+        self.dropout = nn.Dropout(0.5)  # eval mode must switch it off
+        self.head = nn.Linear(6, N_CLASSES)
+
+    def forward(self, speech, faces=None, landmarks=None, visual_mask=None):
+        hybrid = self.speech(speech.flatten(1))
+        if landmarks is not None:
+            _, last = self.landmarks(landmarks.flatten(2))
+            hybrid = 0.5 * hybrid + 0.5 * last[-1]
+        return self.head(self.dropout(hybrid)), hybrid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module: MLflow's first connection is slow."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        yield root
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(SEED)
+    return {
+        "speech": rng.standard_normal(SPEECH_SHAPE).astype(np.float32),
+        "landmarks": rng.standard_normal(LANDMARKS_SHAPE).astype(np.float32),
+    }
+
+
+def _torch_logits(model: nn.Module, example: dict[str, np.ndarray]) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in example.items()})
+    return tracking.logits_of(out).numpy()
+
+
+def _png(path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def test_default_uri_is_local_sqlite(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"
+    assert (tmp_path / "mlruns").is_dir()
+    assert tracking.artifact_root(uri) == tmp_path.resolve() / "mlruns" / "artifacts"
+    assert tracking.artifact_root("http://mlflow:5000") is None
+
+
+def test_uri_from_environment(store):
+    assert tracking.tracking_uri() == os.environ["MLFLOW_TRACKING_URI"]
+    assert tracking.artifact_root() == store / "artifacts"
+
+
+def test_params_metrics_and_artifacts_are_stored(store, tmp_path):
+    run_id = tracking.start_run(EXPERIMENT, "params-metrics", "params-metrics", {"stage": "test"})
+    logged = tracking.log_params(run_id, TinyConfig())
+    tracking.log_metrics(run_id, {"loss": 1.5, "ua": np.float32(0.25)}, step=0)
+    figure = tracking.log_figure_file(run_id, _png(tmp_path / "confusion.png"), "figures")
+    table = tracking.log_table(run_id, pd.DataFrame({"label": [0, 1], "ua": [0.5, 0.7]}), "per_class.csv")
+    as_json = tracking.log_dict(run_id, {"labels": ["angry", "calm"]}, "labels.json", "meta")
+    tracking.finish_run(run_id)
+
+    run = tracking.client().get_run(run_id)
+    assert logged["optim.lr"] == "0.001" and logged["optim.betas"] == "[0.9, 0.999]"
+    assert run.data.params == logged
+    assert run.data.metrics == {"loss": 1.5, "ua": 0.25}
+    assert run.data.tags["stage"] == "test"
+    assert run.info.status == "FINISHED"
+    stored = {a.path for d in ("figures", "meta", "") for a in tracking.client().list_artifacts(run_id, d)}
+    assert {figure, table, as_json} <= stored
+    local_png = Path(tracking.client().download_artifacts(run_id, figure, str(tmp_path / "dl")))
+    assert local_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # artifacts sit next to the database, under the experiment's own folder
+    assert run.info.artifact_uri.startswith((store / "artifacts" / EXPERIMENT).as_uri())
+
+
+def test_long_param_values_are_truncated(store):
+    run_id = tracking.start_run(EXPERIMENT, "long-param", "long-param")
+    logged = tracking.log_params(run_id, {"notes": "x" * (tracking.MAX_PARAM_VAL_LENGTH + 10)})
+    assert len(logged["notes"]) == tracking.MAX_PARAM_VAL_LENGTH
+    tracking.log_params(run_id, {"notes": "x" * (tracking.MAX_PARAM_VAL_LENGTH + 10)})
+
+
+def test_start_run_with_same_key_resumes(store):
+    run_id = tracking.start_run(EXPERIMENT, "trial-0001", "trial-0001", {"attempt": 1})
+    tracking.log_params(run_id, TinyConfig())
+    for step in range(2):
+        tracking.log_metrics(run_id, {"loss": 1.0 / (step + 1)}, step=step)
+    tracking.finish_run(run_id, "FAILED")
+
+    resumed = tracking.start_run(EXPERIMENT, "trial-0001", "trial-0001", {"attempt": 2})
+    assert resumed == run_id == tracking.find_run(EXPERIMENT, "trial-0001")
+    tracking.log_params(run_id, TinyConfig())  # same config again: no error
+    tracking.log_metrics(run_id, {"loss": 0.25}, step=2)
+    tracking.finish_run(run_id)
+
+    mlflow_client = tracking.client()
+    history = mlflow_client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    run = mlflow_client.get_run(run_id)
+    assert run.data.tags["attempt"] == "2" and run.info.status == "FINISHED"
+    assert tracking.find_run(EXPERIMENT, "trial-0002") is None
+    assert tracking.find_run("no-such-experiment", "trial-0001") is None
+
+
+def test_param_conflict_is_a_clear_error(store):
+    run_id = tracking.start_run(EXPERIMENT, "conflict", "conflict")
+    tracking.log_params(run_id, TinyConfig())
+    with pytest.raises(tracking.ParamConflictError, match=r"optim\.lr: '0\.001' -> '0\.01'.*new run"):
+        tracking.log_params(run_id, TinyConfig(optim=TinyOptim(lr=0.01), epochs=3))
+    # nothing of the rejected config was logged, not even the unchanged keys
+    assert tracking.client().get_run(run_id).data.params["optim.lr"] == "0.001"
+
+
+def test_child_run_carries_parent_run_id(store):
+    parent = tracking.start_run(EXPERIMENT, "tune-parent", "tune-parent")
+    child = tracking.start_run(EXPERIMENT, "tune-parent/trial-1", "trial-1", parent_run_id=parent)
+    tags = tracking.client().get_run(child).data.tags
+    assert child != parent
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags[tracking.RUN_KEY_TAG] == "tune-parent/trial-1"
+
+
+def test_run_key_with_quotes_is_refused(store):
+    with pytest.raises(tracking.AvserError, match="quotes"):
+        tracking.start_run(EXPERIMENT, "it's", "bad")
+
+
+def test_two_input_model_round_trips_through_the_registry(store, inputs):
+    torch.manual_seed(SEED)
+    model = SpeechAndLandmarks()
+    expected = _torch_logits(model, inputs)
+    model.train()  # logged in eval mode all the same (dropout off)
+    run_id = tracking.start_run(EXPERIMENT, "fusion", "fusion")
+    uri = tracking.log_torch_model(run_id, model, inputs)
+    assert model.training  # the caller's module keeps its mode
+
+    version = tracking.register_model(uri, "avser-test", tags={"protocol": "random"})
+    loaded = tracking.load_registered("avser-test", "candidate")
+    assert loaded.metadata.get_input_schema().input_names() == ["speech", "landmarks"]
+    predicted = loaded.predict(inputs)
+    assert predicted.shape == (BATCH, N_CLASSES)
+    assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
+
+    module = tracking.load_torch_model(tracking.registered_model_uri("avser-test", version))
+    assert np.allclose(_torch_logits(module, inputs), expected, rtol=0, atol=1e-6)
+    registered = tracking.client().get_model_version("avser-test", str(version))
+    assert registered.tags["protocol"] == "random"
+    assert registered.run_id == run_id
+
+
+def test_single_input_model_and_alias_promotion(store, inputs):
+    torch.manual_seed(SEED)
+    model = SpeechOnly()
+    speech = {"speech": inputs["speech"]}
+    expected = _torch_logits(model, speech)
+    run_id = tracking.start_run(EXPERIMENT, "racnn", "racnn")
+    first = tracking.register_model(tracking.log_torch_model(run_id, model, speech), "avser-racnn-test")
+    second = tracking.register_model(tracking.log_torch_model(run_id, model, speech), "avser-racnn-test")
+    tracking.set_alias("avser-racnn-test", "champion", first)
+
+    assert second == first + 1
+    versions = tracking.client().get_registered_model("avser-racnn-test").aliases
+    assert versions == {"candidate": str(second), "champion": str(first)}
+    for alias in ("champion", "candidate", first):
+        predicted = tracking.load_registered("avser-racnn-test", alias).predict(speech)
+        assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
+    # the logged model is filed under the run's experiment, not MLflow's Default
+    model_id = tracking.client().get_model_version("avser-racnn-test", str(first)).model_id
+    logged = tracking.client().get_logged_model(model_id)
+    assert logged.experiment_id == tracking.get_or_create_experiment(EXPERIMENT)
+    assert logged.artifact_location.startswith((store / "artifacts").as_uri())
+
+
+def test_missing_model_input_is_named(store, inputs):
+    run_id = tracking.start_run(EXPERIMENT, "fusion-missing", "fusion-missing")
+    uri = tracking.log_torch_model(run_id, SpeechAndLandmarks(), inputs)
+    wrapper = tracking.load_model(uri).unwrap_python_model()
+    with pytest.raises(tracking.AvserError, match="landmarks"):
+        wrapper.predict(None, {"speech": inputs["speech"]})
+
+
+def test_git_commit(tmp_path):
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+    )
+    if head.returncode == 0:
+        assert tracking.git_commit() == head.stdout.strip()
+    assert tracking.git_commit(tmp_path) == "unknown"
+
+
+def test_data_hash_follows_path_size_and_mtime(tmp_path):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    other = tmp_path / "b.wav"
+    other.write_bytes(b"RIFF")
+    first = tracking.data_hash([audio, other])
+    assert tracking.data_hash([other, audio]) == first  # order does not matter
+    assert tracking.data_hash(tmp_path) == first  # a folder hashes its files
+    os.utime(audio, ns=(1_000_000_000, 1_000_000_000))
+    assert tracking.data_hash([audio, other]) != first
+    changed = tracking.data_hash([audio, other])
+    audio.write_bytes(b"RIFF....")
+    os.utime(audio, ns=(1_000_000_000, 1_000_000_000))
+    assert tracking.data_hash([audio, other]) != changed
+    assert tracking.data_hash(tmp_path / "missing.wav") != tracking.data_hash(audio)
+
+
+def test_data_hash_of_a_manifest(tmp_path):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    manifest = pd.DataFrame(
+        {
+            "clip_id": ["c2", "c1"],
+            "speaker": ["s1", "s2"],
+            "label": [0, 1],
+            "audio_path": [str(audio), str(audio)],
+            "video_path": [None, None],
+        }
+    )
+    first = tracking.data_hash(manifest)
+    assert tracking.data_hash(manifest.iloc[::-1]) == first  # row order does not matter
+    relabelled = manifest.assign(label=[1, 1])
+    assert tracking.data_hash(relabelled) != first
+    audio.write_bytes(b"RIFF more")
+    assert tracking.data_hash(manifest) != first
+
+
+def test_standard_tags():
+    tags = tracking.standard_tags("speaker", "ravdess", "abc123", {"config_hash": 42})
+    assert tags["avser.protocol"] == "speaker"
+    assert tags["avser.corpus"] == "ravdess"
+    assert tags["avser.data_hash"] == "abc123"
+    assert tags["config_hash"] == "42"
+    assert tags["mlflow.source.git.commit"] == tracking.git_commit()
