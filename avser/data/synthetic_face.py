@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from avser.data.synthetic_render import FaceLook, FaceOutline
-
 EXPRESSION_KEYS = (
     "brow_raise",  # whole brows up (+) or down (-)
     "brow_inner",  # inner brow corners up (+, sad/fearful) or down and together (-, angry)
@@ -98,7 +96,7 @@ class FaceSynthConfig:
     scale_sd: float = 0.04  # relative
     pose_wander: float = 0.5  # wander sd relative to the offset sd
     pose_smooth_s: float = 0.5
-    look: FaceLook = field(default_factory=FaceLook)
+    look: FaceLook = field(default_factory=lambda: FaceLook())
 
 
 @dataclass
@@ -258,22 +256,3 @@ def face_shape(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.nda
     )
 
 
-def _outline(ident: FaceIdentity, n_frames: int) -> dict[str, np.ndarray]:
-    """Drawing-only points (face units): the top of the head, hair, ears, neck, shoulders."""
-    look = FaceOutline()
-    phi = np.linspace(0, np.pi, OUTLINE_POINTS)
-    forehead = _stack(np.cos(phi), JAW_TOP - ident.forehead * np.sin(phi), JAW_DEPTH * (np.sin(phi) - 1), n_frames)
-    spread = np.linspace(-look.hair_wrap, np.pi + look.hair_wrap, OUTLINE_POINTS)
-    hair = _stack(
-        look.hair_spread * np.cos(spread),
-        JAW_TOP - ident.forehead * look.hair_height * np.sin(spread),
-        -JAW_DEPTH,
-        n_frames,
-    )
-    return {
-        "forehead": forehead,
-        "hair": hair,
-        "ears": _stack(np.array(look.ear_x), look.ear_y, -JAW_DEPTH, n_frames),
-        "neck": _stack(np.array(look.neck_x), np.array(look.neck_y), -JAW_DEPTH, n_frames),
-        "shoulders": _stack(np.array(look.shoulder_x), np.array(look.shoulder_y), -JAW_DEPTH, n_frames),
-    }

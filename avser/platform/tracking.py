@@ -467,6 +467,7 @@ def log_torch_model(
         module_path = Path(tmp) / MODULE_FILE_NAME
         torch.save(module, module_path)
         info = Model.log(
+            artifact_path=None,  # deprecated in MLflow 3 but still positional; `name` names it
             name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,
