@@ -34,19 +34,15 @@ def _parse_options(items: list[str]) -> dict[str, object]:
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from avser.data.corpora import scan_corpus
-    from avser.data.manifest import summarize, write_manifest
+    from avser.data.manifest import summarize, summarize_problems, write_manifest
 
     result = scan_corpus(args.corpus, args.root, **_parse_options(args.option))
     frame = result.to_frame()
     write_manifest(frame, args.out)
     print(summarize(frame))
     if result.problems:
-        print(f"{len(result.problems)} file(s) not in the manifest:")
-        for problem in result.problems[: args.show_problems]:
-            print(f"  {problem.path}: {problem.reason}")
-        hidden = len(result.problems) - args.show_problems
-        if hidden > 0:
-            print(f"  ... and {hidden} more")
+        print(f"{len(result.problems)} file(s) not in the manifest, by kind:")
+        print(summarize_problems(result.problems, per_kind=args.show_problems))
     print(f"manifest written to {args.out}")
     return 0
 
@@ -126,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--out", required=True)
     manifest.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                           help="scanner option, e.g. merge_excited=false")
-    manifest.add_argument("--show-problems", type=int, default=20)
+    manifest.add_argument("--show-problems", type=int, default=3, help="examples per problem kind")
     manifest.set_defaults(func=_cmd_manifest)
 
     features = sub.add_parser("features", help="run feature extraction on one file")

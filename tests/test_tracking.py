@@ -141,6 +141,13 @@ def test_params_metrics_and_artifacts_are_stored(store, tmp_path):
     assert run.info.artifact_uri.startswith((store / "artifacts" / EXPERIMENT).as_uri())
 
 
+def test_params_of_nested_configs_are_flattened():
+    values = tracking.param_values({"train": TinyConfig(), "model": {"size": "tiny", "dims": (2, 3)}})
+    assert values["train.optim.lr"] == "0.001"
+    assert values["train.optim.betas"] == "[0.9, 0.999]"
+    assert values["model.dims"] == "[2, 3]"
+
+
 def test_long_param_values_are_truncated(store):
     run_id = tracking.start_run(EXPERIMENT, "long-param", "long-param")
     logged = tracking.log_params(run_id, {"notes": "x" * (tracking.MAX_PARAM_VAL_LENGTH + 10)})
@@ -222,19 +229,19 @@ def test_single_input_model_and_alias_promotion(store, inputs):
     speech = {"speech": inputs["speech"]}
     expected = _torch_logits(model, speech)
     run_id = tracking.start_run(EXPERIMENT, "racnn", "racnn")
-    first = tracking.register_model(tracking.log_torch_model(run_id, model, speech), "avser-racnn-test")
+    first_uri = tracking.log_torch_model(run_id, model, speech)
+    first = tracking.register_model(first_uri, "avser-racnn-test")
     second = tracking.register_model(tracking.log_torch_model(run_id, model, speech), "avser-racnn-test")
     tracking.set_alias("avser-racnn-test", "champion", first)
 
     assert second == first + 1
-    versions = tracking.client().get_registered_model("avser-racnn-test").aliases
-    assert versions == {"candidate": str(second), "champion": str(first)}
+    aliases = tracking.client().get_registered_model("avser-racnn-test").aliases
+    assert {alias: int(v) for alias, v in aliases.items()} == {"candidate": second, "champion": first}
     for alias in ("champion", "candidate", first):
         predicted = tracking.load_registered("avser-racnn-test", alias).predict(speech)
         assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
     # the logged model is filed under the run's experiment, not MLflow's Default
-    model_id = tracking.client().get_model_version("avser-racnn-test", str(first)).model_id
-    logged = tracking.client().get_logged_model(model_id)
+    logged = tracking.client().get_logged_model(first_uri.removeprefix("models:/"))
     assert logged.experiment_id == tracking.get_or_create_experiment(EXPERIMENT)
     assert logged.artifact_location.startswith((store / "artifacts").as_uri())
 

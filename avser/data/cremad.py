@@ -20,19 +20,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from avser.data.manifest import BAD_NAME, UNKNOWN_FILE, Clip, ScanProblem, ScanResult, corpus_root
 from avser.errors import ClipError, UnknownLabelError
-from avser.data.manifest import (
-    BAD_NAME,
-    UNKNOWN_FILE,
-    Clip,
-    ScanProblem,
-    ScanResult,
-    corpus_root,
-)
 
 CORPUS = "cremad"
 LABELS = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
-EMOTION_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+EMOTION_CODES = {
+    "ANG": "anger",
+    "DIS": "disgust",
+    "FEA": "fear",
+    "HAP": "happy",
+    "NEU": "neutral",
+    "SAD": "sad",
+}
 INTENSITIES = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified"}
 SENTENCES = {
     "IEO": "It's eleven o'clock",
@@ -48,8 +48,11 @@ SENTENCES = {
     "TSI": "The surface is slick",
     "WSI": "We'll stop in a couple of minutes",
 }
-NAME_PATTERN = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<emotion>[A-Z]{3})_(?P<intensity>[A-Z]{2})$")
-AUDIO_FOLDER = ("AudioWAV", ".wav")
+NAME_PATTERN = re.compile(
+    r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<emotion>[A-Z]{3})_(?P<intensity>[A-Z]{2})$"
+)
+AUDIO_DIR = "AudioWAV"
+AUDIO_SUFFIX = ".wav"
 # Video folders in order of preference when a copy has both.
 VIDEO_FOLDERS = (("VideoMP4", ".mp4"), ("VideoFlash", ".flv"))
 
@@ -75,11 +78,15 @@ def parse_name(path: str | Path) -> CremadName:
         )
     if match["emotion"] not in EMOTION_CODES:
         raise UnknownLabelError(
-            path, f"emotion code {match['emotion']} is not one of {sorted(EMOTION_CODES)}", "check the file name"
+            path,
+            f"emotion code {match['emotion']} is not one of {sorted(EMOTION_CODES)}",
+            "check the file name",
         )
     for field, valid in (("sentence", SENTENCES), ("intensity", INTENSITIES)):
         if match[field] not in valid:
-            raise ClipError(path, f"{field} code {match[field]} is not one of {sorted(valid)}", "check the file name")
+            raise ClipError(
+                path, f"{field} code {match[field]} is not one of {sorted(valid)}", "check the file name"
+            )
     return CremadName(match["actor"], match["sentence"], match["emotion"], match["intensity"])
 
 
@@ -87,8 +94,8 @@ def scan_cremad(root: str | Path, include_video: bool = True) -> ScanResult:
     """Every CREMA-D clip in the media folders of ``root``; with
     ``include_video=False`` the videos are not looked at (audio only)."""
     folder = corpus_root(root, CORPUS)
-    audio_dir = folder / AUDIO_FOLDER[0]
-    folders = [(audio_dir if audio_dir.is_dir() else folder, AUDIO_FOLDER[1])]
+    audio_dir = folder / AUDIO_DIR
+    folders = [(audio_dir if audio_dir.is_dir() else folder, AUDIO_SUFFIX)]
     if include_video:
         folders += [(folder / name, suffix) for name, suffix in VIDEO_FOLDERS]
     media: dict[str, dict[str, Path]] = {}
@@ -114,12 +121,14 @@ def _media_files(folder: Path, suffix: str) -> tuple[dict[str, Path], list[ScanP
         if path.suffix.lower() == suffix:
             found[path.stem] = path
         else:
-            stray.append(ScanProblem(str(path), f"not a CREMA-D {suffix} file; remove it", UNKNOWN_FILE))
+            stray.append(
+                ScanProblem(str(path), f"not a CREMA-D {suffix} file; remove it", UNKNOWN_FILE)
+            )
     return found, stray
 
 
 def _clip(stem: str, files: dict[str, Path]) -> Clip | ScanProblem:
-    audio = files.get(AUDIO_FOLDER[1])
+    audio = files.get(AUDIO_SUFFIX)
     video = next((files[s] for _, s in VIDEO_FOLDERS if s in files), None)
     try:
         name = parse_name(audio or video)

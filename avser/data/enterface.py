@@ -65,8 +65,9 @@ EMOTION_FOLDERS = {
 VIDEO_SUFFIX = ".avi"
 SUBJECT_FOLDER = re.compile(r"^subject\s*(\d+)$", re.IGNORECASE)
 SENTENCE_FOLDER = re.compile(r"^sentence\s*(\d+)$", re.IGNORECASE)
-# Last number in a file stem, tolerating junk after it ("s16_su_3avi").
-SENTENCE_IN_NAME = re.compile(r"(\d+)\D*$")
+# The number after the last underscore of a file stem, tolerating junk
+# after it ("s16_su_3avi" -> 3); "s6_fe" has none.
+SENTENCE_IN_NAME = re.compile(r"_(\d+)\D*$")
 # Parts of a clip's path after the subject folder: emotion[/sentence]/file.
 WITH_SENTENCE_FOLDER = 3
 WITHOUT_SENTENCE_FOLDER = 2

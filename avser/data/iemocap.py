@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from avser.errors import AvserError
 from avser.data.manifest import (
     BAD_NAME,
     MISSING_FILE,
@@ -36,6 +35,7 @@ from avser.data.manifest import (
     corpus_root,
     keep_first,
 )
+from avser.errors import AvserError
 
 CORPUS = "iemocap"
 LABELS = ["neutral", "happy", "angry", "sad"]
@@ -111,9 +111,8 @@ def read_evaluations(folder: Path) -> tuple[list[Evaluation], list[ScanProblem]]
                 continue  # headers, per-annotator lines, blank lines
             evaluation = _parse_line(line, path)
             if evaluation is None:
-                problems.append(
-                    ScanProblem(str(path), f"line {number} is not a readable evaluation: {line!r}", BAD_NAME)
-                )
+                reason = f"line {number} is not a readable evaluation: {line!r}"
+                problems.append(ScanProblem(str(path), reason, BAD_NAME))
             else:
                 evaluations.append(evaluation)
     return evaluations, problems
@@ -175,7 +174,9 @@ def _clip(session_dir: Path, evaluation: Evaluation, merge_excited: bool) -> Cli
             BAD_NAME,
         )
     if not wav.is_file():
-        return ScanProblem(str(wav), f"labelled in {evaluation.source.name} but the wav is missing", MISSING_FILE)
+        return ScanProblem(
+            str(wav), f"labelled in {evaluation.source.name} but the wav is missing", MISSING_FILE
+        )
     return Clip(
         clip_id=evaluation.utterance,
         corpus=CORPUS,

@@ -4,6 +4,10 @@ Columns (DESIGN.md): clip_id, corpus, speaker, label, label_name,
 audio_path, video_path, landmarks_path, extra. ``label`` is the index of
 ``label_name`` in the corpus's own label list; ``extra`` is a JSON string of
 corpus-specific fields (statement, intensity, session, ...).
+
+Scanners (``avser.data.<corpus>``) return a ScanResult: the clips, the
+corpus's ordered label list, and a ScanProblem for every file they saw and
+did not keep, each with a ``kind`` (the constants below) for summaries.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from avser.errors import AvserError, ClipError, UnknownLabelError
 from avser.data.manifest import (
     BAD_NAME,
     EXCLUDED,
@@ -37,6 +36,7 @@ from avser.data.manifest import (
     files_under,
     keep_first,
 )
+from avser.errors import AvserError, ClipError, UnknownLabelError
 
 CORPUS = "ravdess"
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -171,7 +171,8 @@ def _read(path: Path) -> RavdessName | ScanProblem:
     """Decode ``path``, checking that its suffix and folder agree with its codes."""
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES | AUDIO_SUFFIXES:
-        return ScanProblem(str(path), "not a RAVDESS media file (.wav, .flac or .mp4)", UNKNOWN_FILE)
+        reason = "not a RAVDESS media file (.wav, .flac or .mp4)"
+        return ScanProblem(str(path), reason, UNKNOWN_FILE)
     try:
         name = parse_name(path)
     except UnknownLabelError as exc:

@@ -48,14 +48,18 @@ class SplitConfig:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"split protocol {self.protocol!r} is not one of {list(PROTOCOLS)}")
         if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"split test_fraction {self.test_fraction} must lie strictly between 0 and 1")
+            raise ConfigError(
+                f"split test_fraction {self.test_fraction} must lie strictly between 0 and 1"
+            )
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"split val_fraction {self.val_fraction} must lie in [0, 1)")
         if self.n_folds < MIN_FOLDS:
             raise ConfigError(f"split n_folds {self.n_folds} must be at least {MIN_FOLDS}")
         if self.test_speakers is not None:
             if self.protocol != SPEAKER:
-                raise ConfigError("split test_speakers needs protocol: speaker (the random split ignores speakers)")
+                raise ConfigError(
+                    "split test_speakers needs protocol: speaker (the random split ignores speakers)"
+                )
             # YAML reads speaker 1001 as a number; the manifest holds strings.
             self.test_speakers = [str(s) for s in self.test_speakers]
 
@@ -79,7 +83,9 @@ class Split:
         for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = np.intersect1d(parts[first], parts[second])
             if shared.size:
-                raise AvserError(f"split {self.name}: {shared.size} clips are in both {first} and {second}")
+                raise AvserError(
+                    f"split {self.name}: {shared.size} clips are in both {first} and {second}"
+                )
 
     def parts(self) -> dict[str, np.ndarray]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -95,6 +101,8 @@ def make_splits(frame: pd.DataFrame, cfg: SplitConfig) -> list[Split]:
     missing = [c for c in ("speaker", "label") if c not in frame.columns]
     if missing:
         raise AvserError(f"manifest frame lacks column(s) {missing}; read it with read_manifest")
+    if frame.empty:
+        raise AvserError("the manifest has no clips to split; check the corpus scan")
     speakers = frame["speaker"].astype(str).to_numpy()
     labels = frame["label"].to_numpy()
     if cfg.protocol == RANDOM:
@@ -106,7 +114,9 @@ def make_splits(frame: pd.DataFrame, cfg: SplitConfig) -> list[Split]:
         named = [(f"{FOLD_PREFIX}{k}", fold) for k, fold in enumerate(folds)]
     splits = []
     for name, (train, test) in named:
-        train, val = validation_split(train, speakers, labels, cfg.protocol, cfg.val_fraction, cfg.seed)
+        train, val = validation_split(
+            train, speakers, labels, cfg.protocol, cfg.val_fraction, cfg.seed
+        )
         splits.append(Split(name, train, val, test, cfg.protocol))
     return splits
 
@@ -114,25 +124,12 @@ def make_splits(frame: pd.DataFrame, cfg: SplitConfig) -> list[Split]:
 def random_split(labels: Sequence, test_fraction: float = 0.2, seed: int = 0) -> IndexPair:
     """Stratified: each label gives (about) ``test_fraction`` of its clips to
     test, the per-label counts adding up to round(n * test_fraction)."""
-    labels = np.asarray(labels)
-    if not 0 < test_fraction < 1:
-        raise AvserError(f"test_fraction {test_fraction} must lie strictly between 0 and 1")
-    classes, counts = np.unique(labels, return_counts=True)
-    rng = np.random.default_rng(seed)
-    n_test = _stratified_counts(counts, round(len(labels) * test_fraction), rng)
-    if n_test.sum() in (0, len(labels)):
-        side = "test" if n_test.sum() == 0 else "training"
-        raise AvserError(
-            f"a fraction of {test_fraction} of {len(labels)} clips leaves no {side} clip; "
-            "use more clips or another fraction"
-        )
-    test = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, n_test)]
-    )
-    return _complement(len(labels), test), np.sort(test)
+    return _stratified_split(np.asarray(labels), test_fraction, seed, "test")
 
 
-def speaker_folds(speakers: Sequence, labels: Sequence, n_folds: int, seed: int = 0) -> list[IndexPair]:
+def speaker_folds(
+    speakers: Sequence, labels: Sequence, n_folds: int, seed: int = 0
+) -> list[IndexPair]:
     """Speaker-disjoint k-fold: every speaker is tested in exactly one fold.
 
     Speakers are dealt (in a seeded order, most clips first) to the fold
@@ -146,7 +143,7 @@ def speaker_folds(speakers: Sequence, labels: Sequence, n_folds: int, seed: int 
     if len(names) < n_folds:
         raise AvserError(
             f"{n_folds} speaker-disjoint folds need at least {n_folds} speakers; "
-            f"the manifest has {len(names)}: {list(names)}"
+            f"the manifest has {len(names)}: {names.tolist()}"
         )
     fold_of = _deal_speakers(speakers, labels, names, n_folds, seed)
     folds = []
@@ -160,11 +157,13 @@ def held_out_speakers(speakers: Sequence, test_speakers: Sequence) -> IndexPair:
     """Clips of ``test_speakers`` test, all others train."""
     speakers = np.asarray(speakers).astype(str)
     wanted = sorted({str(s) for s in test_speakers})
-    names = sorted(set(speakers))
+    names = sorted(set(speakers.tolist()))
+    if not wanted:
+        raise AvserError(f"no test speakers given; choose some of {names}")
     unknown = [s for s in wanted if s not in names]
-    if not wanted or unknown:
+    if unknown:
         raise AvserError(
-            f"test speakers {unknown or '[]'} are not in the manifest; its speakers are {names}"
+            f"test speakers {unknown} are not in the manifest; its speakers are {names}"
         )
     if len(wanted) == len(names):
         raise AvserError(f"holding out every speaker ({names}) leaves nobody to train on")
@@ -192,7 +191,8 @@ def validation_split(
     if fraction == 0:
         return train_idx, np.empty(0, dtype=np.int64)
     if protocol == RANDOM:
-        keep, val = random_split(np.asarray(labels)[train_idx], fraction, seed)
+        labels_in_train = np.asarray(labels)[train_idx]
+        keep, val = _stratified_split(labels_in_train, fraction, seed, "validation")
         return train_idx[keep], train_idx[val]
     train_speakers = np.asarray(speakers).astype(str)[train_idx]
     pool = np.unique(train_speakers)
@@ -200,11 +200,30 @@ def validation_split(
     if n_val >= len(pool):
         raise AvserError(
             f"a speaker-disjoint validation set needs a training speaker to spare; "
-            f"the training part has only {list(pool)} (lower val_fraction or use more speakers)"
+            f"the training part has only {pool.tolist()} (lower val_fraction or use more speakers)"
         )
     chosen = np.random.default_rng(seed).permutation(pool)[:n_val]
     in_val = np.isin(train_speakers, chosen)
     return train_idx[~in_val], train_idx[in_val]
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int, part: str) -> IndexPair:
+    """(rest, part): a stratified ``fraction`` of the positions of ``labels``."""
+    if not 0 < fraction < 1:
+        raise AvserError(f"the {part} fraction {fraction} must lie strictly between 0 and 1")
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    n_part = _stratified_counts(counts, round(len(labels) * fraction), rng)
+    if n_part.sum() in (0, len(labels)):
+        empty = part if n_part.sum() == 0 else "training"
+        raise AvserError(
+            f"a {part} fraction of {fraction} of {len(labels)} clips leaves no {empty} clip; "
+            "use more clips or another fraction"
+        )
+    picked = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, n_part)]
+    )
+    return _complement(len(labels), picked), np.sort(picked)
 
 
 def _stratified_counts(counts: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -227,13 +246,17 @@ def _deal_speakers(
 ) -> dict[str, int]:
     classes = np.unique(labels)
     overall = np.array([(labels == c).mean() for c in classes])
-    per_speaker = {s: np.array([np.sum((speakers == s) & (labels == c)) for c in classes]) for s in names}
+    per_speaker = {
+        s: np.array([np.sum((speakers == s) & (labels == c)) for c in classes]) for s in names
+    }
     order = np.random.default_rng(seed).permutation(names)
-    order = sorted(order, key=lambda s: -per_speaker[s].sum())  # stable: keeps the seeded order among equals
+    # sorted() is stable: speakers with equal counts keep the seeded order.
+    order = sorted(order, key=lambda s: -per_speaker[s].sum())
     fold_counts = np.zeros((n_folds, len(classes)), dtype=np.int64)
     fold_of = {}
     for name in order:
-        fold = min(range(n_folds), key=lambda k: _fold_cost(fold_counts[k] + per_speaker[name], overall))
+        after = fold_counts + per_speaker[name]
+        fold = min(range(n_folds), key=lambda k: _fold_cost(after[k], overall))
         fold_counts[fold] += per_speaker[name]
         fold_of[name] = fold
     return fold_of

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
@@ -50,17 +51,17 @@ class FaceSynthConfig:
     expression_noise: dict[str, float] = field(default_factory=lambda: _uniform_dict(0.25))
     speaker_expression_sd: dict[str, float] = field(default_factory=lambda: _uniform_dict(0.15))
     # Identity ranges, in face units unless said otherwise.
-    face_size: tuple[float, float] = (0.19, 0.23)  # face unit in pixels, as a fraction of frame height
+    face_size: tuple[float, float] = (0.2, 0.24)  # face unit in pixels, as a fraction of frame height
     eye_line: float = 0.42  # eye height in the frame, fraction of frame height
     face_length: tuple[float, float] = (1.5, 1.75)  # eye line to chin
     jaw_roundness: tuple[float, float] = (2.0, 2.8)  # superellipse exponent; larger = squarer
     forehead: tuple[float, float] = (0.95, 1.1)  # eye line to top of the head
     eye_spacing: tuple[float, float] = (0.40, 0.47)
-    eye_half_width: tuple[float, float] = (0.14, 0.18)
-    eye_half_height: tuple[float, float] = (0.05, 0.07)
+    eye_half_width: tuple[float, float] = (0.16, 0.2)
+    eye_half_height: tuple[float, float] = (0.065, 0.085)
     brow_height: tuple[float, float] = (0.17, 0.24)
     brow_arch: tuple[float, float] = (0.07, 0.12)
-    brow_thickness: tuple[float, float] = (0.035, 0.06)
+    brow_thickness: tuple[float, float] = (0.045, 0.075)
     nose_length: tuple[float, float] = (0.45, 0.56)
     nostril_half_width: tuple[float, float] = (0.15, 0.21)
     mouth_line: tuple[float, float] = (0.88, 0.98)
@@ -256,3 +257,276 @@ def face_shape(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.nda
     )
 
 
+# ---------------------------------------------------------------- motion
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0, 1)
+    return x * x * (3 - 2 * x)
+
+
+def expression_course(apex: dict[str, float], n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-frame expression: rises from neutral to the apex, then partly relaxes near the end."""
+    t = np.arange(n_frames) / fps
+    duration = n_frames / fps
+    onset, rise = rng.uniform(*cfg.onset_s), rng.uniform(*cfg.rise_s)
+    offset_at, depth = rng.uniform(*cfg.offset_at) * duration, rng.uniform(*cfg.offset_depth)
+    course = _smoothstep((t - onset) / rise) * (1 - depth * _smoothstep((t - offset_at) / rise))
+    return {key: apex[key] * course for key in EXPRESSION_KEYS}
+
+
+def blinks(n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Eyelid closure per frame, 0..1 (a triangular closure per blink)."""
+    t = np.arange(n_frames) / fps
+    closure = np.zeros(n_frames)
+    for centre in rng.uniform(0, n_frames / fps, rng.poisson(cfg.blink_rate_hz * n_frames / fps)):
+        closure = np.maximum(closure, 1 - np.abs(t - centre) / (cfg.blink_s / 2))
+    return np.clip(closure, 0, 1)
+
+
+def _wander(n_frames: int, smooth_frames: float, rng: np.random.Generator) -> np.ndarray:
+    """A slow random signal with unit standard deviation."""
+    signal = gaussian_filter1d(rng.normal(size=n_frames), smooth_frames, mode="reflect")
+    return signal / max(np.std(signal), 1e-9)
+
+
+def head_pose(n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Yaw/pitch/roll (radians), shift (frame fraction) and scale per frame."""
+    sds = {
+        "yaw": np.radians(cfg.yaw_sd_deg), "pitch": np.radians(cfg.pitch_sd_deg),
+        "roll": np.radians(cfg.roll_sd_deg), "dx": cfg.shift_sd, "dy": cfg.shift_sd, "scale": cfg.scale_sd,
+    }
+    smooth = cfg.pose_smooth_s * fps
+    pose = {
+        name: sd * (rng.normal() + cfg.pose_wander * _wander(n_frames, smooth, rng)) for name, sd in sds.items()
+    }
+    pose["scale"] = 1 + pose["scale"]
+    return pose
+
+
+def _rotations(pose: dict[str, np.ndarray]) -> np.ndarray:
+    """(T, 3, 3) rotation: roll about z, after pitch about x, after yaw about y."""
+    cy, sy = np.cos(pose["yaw"]), np.sin(pose["yaw"])
+    cp, sp = np.cos(pose["pitch"]), np.sin(pose["pitch"])
+    cr, sr = np.cos(pose["roll"]), np.sin(pose["roll"])
+    one, zero = np.ones_like(cy), np.zeros_like(cy)
+    yaw = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
+    pitch = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
+    roll = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
+    return roll @ pitch @ yaw
+
+
+def project(points: np.ndarray, pose: dict[str, np.ndarray], unit_px: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(T, N, 3) face units -> (T, N, 2) pixels (orthographic camera)."""
+    pivot = np.array(HEAD_PIVOT)
+    turned = np.einsum("tij,tnj->tni", _rotations(pose), points - pivot) + pivot
+    return centre[:, None, :] + unit_px[:, None, None] * turned[..., :2]
+
+
+@dataclass
+class FaceTrack:
+    landmarks: np.ndarray  # (T, 68, 2) pixels, the ground truth written to the CSV
+    outline: dict[str, np.ndarray]  # drawing-only points, (T, M, 2) pixels
+    unit_px: np.ndarray  # (T,) pixels per face unit
+
+
+def face_track(
+    ident: FaceIdentity, apex: dict[str, float], articulation: np.ndarray, cfg: FaceSynthConfig,
+    fps: float, frame_size: tuple[int, int], rng: np.random.Generator,
+) -> FaceTrack:
+    """Landmarks of every frame of one clip; ``articulation`` (0..1 per frame) opens the lips with speech."""
+    width, height = frame_size
+    n_frames = articulation.size
+    expr = expression_course(apex, n_frames, fps, cfg, rng)
+    shape = face_shape(ident, cfg, expr, articulation, blinks(n_frames, fps, cfg, rng))
+    pose = head_pose(n_frames, fps, cfg, rng)
+    unit_px = ident.size * height * pose["scale"]
+    centre = np.stack([width * (0.5 + pose["dx"]), height * (cfg.eye_line + pose["dy"])], axis=-1)
+    landmarks = np.round(project(shape, pose, unit_px, centre), LANDMARK_DECIMALS)
+    outline = {name: project(points, pose, unit_px, centre) for name, points in _outline(ident, cfg.look, n_frames).items()}
+    return FaceTrack(landmarks=landmarks, outline=outline, unit_px=unit_px)
+
+
+LANDMARK_DECIMALS = 3
+
+
+# ---------------------------------------------------------------- drawing
+
+BGR = tuple[int, int, int]
+
+
+@dataclass
+class FaceLook:
+    """Colours and drawing-only shapes (face units) of the rendered face."""
+
+    skin_dark_bgr: BGR = (70, 100, 150)
+    skin_light_bgr: BGR = (185, 205, 235)
+    skin_jitter: float = 10.0
+    hair_bgr: tuple[BGR, ...] = ((25, 25, 30), (30, 50, 90), (20, 35, 60), (90, 160, 200), (140, 140, 145), (30, 60, 150))
+    iris_bgr: tuple[BGR, ...] = ((30, 60, 100), (150, 110, 60), (70, 120, 70), (35, 35, 45))
+    lip_bgr: BGR = (90, 80, 180)
+    lip_mix: float = 0.45  # lips = skin blended toward lip_bgr
+    clothing_range: tuple[int, int] = (30, 220)
+    background_range: tuple[int, int] = (60, 200)  # grey level
+    background_tint_sd: float = 20.0
+    background_gradient: float = 40.0
+    background_texture_sd: float = 10.0
+    background_texture_smooth_px: float = 3.0
+    sensor_noise_sd: float = 4.0
+    noise_bank: int = 4  # pre-drawn noise images cycled over the frames
+    eye_white_bgr: BGR = (225, 230, 235)
+    mouth_bgr: BGR = (40, 30, 80)
+    teeth_bgr: BGR = (215, 225, 230)
+    teeth_fraction: float = 0.35  # of the lip gap
+    min_gap_px: float = 1.0
+    iris_ratio: float = 0.6  # of the eye half width
+    pupil_ratio: float = 0.45  # of the iris radius
+    lid_bgr: BGR = (30, 30, 40)
+    brow_shade: float = 0.85  # brows are the hair colour, darker
+    brow_taper: tuple[float, ...] = (0.5, 0.85, 1.0, 1.0, 0.9)  # outer -> inner
+    contour_shade: float = 0.8
+    nose_shade: float = 0.78
+    nostril_shade: float = 0.55
+    nostril_size: float = 0.035
+    neck_shade: float = 0.85
+    ear_shade: float = 0.92
+    ear_axes: tuple[float, float] = (0.1, 0.2)
+    ear_x: tuple[float, float] = (-1.02, 1.02)
+    ear_y: float = 0.35
+    hair_spread: float = 1.15
+    hair_height: float = 1.2
+    hair_wrap: float = 0.35  # radians the hair reaches below the horizontal, each side
+    neck_x: tuple[float, ...] = (-0.45, 0.45, 0.55, -0.55)
+    neck_y: tuple[float, ...] = (1.0, 1.0, 2.6, 2.6)
+    shoulder_x: tuple[float, ...] = (-0.7, 0.7, 2.6, 2.6, -2.6, -2.6)
+    shoulder_y: tuple[float, ...] = (2.2, 2.2, 2.8, 4.0, 4.0, 2.8)
+    lid_thickness_px: int = 2
+    line_thickness_px: int = 1
+
+    def sample_palette(self, rng: np.random.Generator) -> dict[str, BGR]:
+        tone = rng.uniform()
+        skin = (1 - tone) * np.array(self.skin_dark_bgr) + tone * np.array(self.skin_light_bgr)
+        skin = np.clip(skin + rng.normal(0, self.skin_jitter, 3), 0, 255)
+        hair = np.array(self.hair_bgr[rng.integers(len(self.hair_bgr))])
+        lips = (1 - self.lip_mix) * skin + self.lip_mix * np.array(self.lip_bgr)
+        colours = {
+            "skin": skin, "hair": hair, "brow": hair * self.brow_shade, "lips": lips,
+            "iris": np.array(self.iris_bgr[rng.integers(len(self.iris_bgr))]),
+            "clothing": rng.integers(*self.clothing_range, size=3),
+        }
+        return {name: tuple(int(c) for c in colour) for name, colour in colours.items()}
+
+
+def _outline(ident: FaceIdentity, look: FaceLook, n_frames: int) -> dict[str, np.ndarray]:
+    """Drawing-only points (face units): top of the head, hair, ears, neck, shoulders."""
+    phi = np.linspace(0, np.pi, OUTLINE_POINTS)
+    forehead = _stack(np.cos(phi), JAW_TOP - ident.forehead * np.sin(phi), JAW_DEPTH * (np.sin(phi) - 1), n_frames)
+    arc = np.linspace(-look.hair_wrap, np.pi + look.hair_wrap, OUTLINE_POINTS)
+    hair_y = JAW_TOP - ident.forehead * look.hair_height * np.sin(arc)
+    return {
+        "forehead": forehead,
+        "hair": _stack(look.hair_spread * np.cos(arc), hair_y, -JAW_DEPTH, n_frames),
+        "ears": _stack(np.array(look.ear_x), look.ear_y, -JAW_DEPTH, n_frames),
+        "neck": _stack(np.array(look.neck_x), np.array(look.neck_y), -JAW_DEPTH, n_frames),
+        "shoulders": _stack(np.array(look.shoulder_x), np.array(look.shoulder_y), -JAW_DEPTH, n_frames),
+    }
+
+
+SUBPIXEL_BITS = 4  # OpenCV draws at 1/16 pixel precision
+
+
+def _px(points: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(points) * (1 << SUBPIXEL_BITS)).astype(np.int32)
+
+
+def _shade(colour: BGR, factor: float) -> BGR:
+    return tuple(int(c * factor) for c in colour)
+
+
+def _fill(img: np.ndarray, points: np.ndarray, colour: BGR) -> None:
+    cv2.fillPoly(img, [_px(points)], colour, cv2.LINE_AA, SUBPIXEL_BITS)
+
+
+def _line(img: np.ndarray, points: np.ndarray, colour: BGR, thickness: int, closed: bool = False) -> None:
+    cv2.polylines(img, [_px(points)], closed, colour, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
+
+
+def background(frame_size: tuple[int, int], look: FaceLook, rng: np.random.Generator) -> np.ndarray:
+    """A plain wall: one colour, a soft gradient and a faint texture (BGR uint8)."""
+    width, height = frame_size
+    base = rng.integers(*look.background_range) + rng.normal(0, look.background_tint_sd, 3).astype(np.float32)
+    ramp = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :, None] * rng.normal(0, look.background_gradient, 3)
+    texture = cv2.GaussianBlur(
+        rng.normal(0, look.background_texture_sd, (height, width, 3)).astype(np.float32),
+        (0, 0), look.background_texture_smooth_px,
+    ) * look.background_texture_smooth_px
+    return np.clip(base + ramp + texture, 0, 255).astype(np.uint8)
+
+
+def _draw_eye(img: np.ndarray, eye: np.ndarray, palette: dict[str, BGR], look: FaceLook) -> None:
+    _fill(img, eye, look.eye_white_bgr)
+    x0, y0 = np.maximum(np.floor(eye.min(axis=0)).astype(int) - 1, 0)
+    x1, y1 = np.ceil(eye.max(axis=0)).astype(int) + 2
+    roi = img[y0:y1, x0:x1]
+    if roi.size:  # the iris shows only inside the lids
+        mask = np.zeros(roi.shape[:2], np.uint8)
+        _fill(mask, eye - (x0, y0), 255)
+        iris = roi.copy()
+        centre = (eye[0] + eye[3]) / 2 - (x0, y0)
+        radius = look.iris_ratio * np.linalg.norm(eye[3] - eye[0]) / 2
+        cv2.circle(iris, tuple(_px(centre)), int(radius * (1 << SUBPIXEL_BITS)), palette["iris"], -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        cv2.circle(iris, tuple(_px(centre)), int(radius * look.pupil_ratio * (1 << SUBPIXEL_BITS)), look.lid_bgr, -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        roi[mask > 0] = iris[mask > 0]
+    _line(img, eye[[0, 1, 2, 3]], look.lid_bgr, look.lid_thickness_px)
+    _line(img, eye[[3, 4, 5, 0]], _shade(palette["skin"], look.contour_shade), look.line_thickness_px)
+
+
+def _draw_brow(img: np.ndarray, brow: np.ndarray, thickness_px: float, taper: np.ndarray, colour: BGR) -> None:
+    half = (thickness_px * taper / 2)[:, None] * (0, 1)
+    _fill(img, np.concatenate([brow - half, (brow + half)[::-1]]), colour)
+
+
+def _draw_mouth(img: np.ndarray, lm: np.ndarray, palette: dict[str, BGR], look: FaceLook) -> None:
+    _fill(img, lm[48:60], palette["lips"])
+    upper = lm[[60, 61, 62, 63, 64]]
+    lower = lm[[60, 67, 66, 65, 64]]
+    if np.max(lower[:, 1] - upper[:, 1]) > look.min_gap_px:
+        _fill(img, lm[60:68], look.mouth_bgr)
+        _fill(img, np.concatenate([upper, (upper + look.teeth_fraction * (lower - upper))[::-1]]), look.teeth_bgr)
+    _line(img, lm[[48, 60, 61, 62, 63, 64, 54]], _shade(palette["lips"], look.contour_shade), look.line_thickness_px)
+
+
+def draw_face(img: np.ndarray, lm: np.ndarray, outline: dict[str, np.ndarray], unit_px: float, ident: FaceIdentity, look: FaceLook) -> None:
+    """Draw one frame's face (in place) from its 68 landmarks and outline points."""
+    pal = ident.palette
+    _fill(img, outline["shoulders"], pal["clothing"])
+    _fill(img, outline["neck"], _shade(pal["skin"], look.neck_shade))
+    _fill(img, outline["hair"], pal["hair"])
+    for ear in outline["ears"]:
+        axes = (int(look.ear_axes[0] * unit_px), int(look.ear_axes[1] * unit_px))
+        cv2.ellipse(img, tuple(int(v) for v in ear), axes, 0, 0, 360, _shade(pal["skin"], look.ear_shade), -1, cv2.LINE_AA)
+    _fill(img, np.concatenate([lm[0:17], outline["forehead"]]), pal["skin"])
+    _line(img, lm[0:17], _shade(pal["skin"], look.contour_shade), look.line_thickness_px)
+    taper = np.array(look.brow_taper)
+    _draw_brow(img, lm[17:22], ident.brow_thickness * unit_px, taper, pal["brow"])
+    _draw_brow(img, lm[22:27], ident.brow_thickness * unit_px, taper[::-1], pal["brow"])
+    _line(img, lm[28:31], _shade(pal["skin"], look.nose_shade), look.line_thickness_px)
+    _line(img, lm[31:36], _shade(pal["skin"], look.nose_shade), look.line_thickness_px)
+    for nostril in lm[[32, 34]]:
+        size = max(int(look.nostril_size * unit_px), 1)
+        cv2.ellipse(img, tuple(int(v) for v in nostril), (size, size // 2 + 1), 0, 0, 360, _shade(pal["skin"], look.nostril_shade), -1, cv2.LINE_AA)
+    _draw_eye(img, lm[36:42], pal, look)
+    _draw_eye(img, lm[42:48], pal, look)
+    _draw_mouth(img, lm, pal, look)
+
+
+def render_frames(track: FaceTrack, ident: FaceIdentity, look: FaceLook, frame_size: tuple[int, int], rng: np.random.Generator):
+    """Yield the clip's frames (BGR uint8): background, face, sensor noise."""
+    width, height = frame_size
+    wall = background(frame_size, look, rng)
+    noise = rng.normal(0, look.sensor_noise_sd, (look.noise_bank, height, width, 3)).astype(np.int16)
+    for t in range(track.landmarks.shape[0]):
+        img = wall.copy()
+        outline = {name: points[t] for name, points in track.outline.items()}
+        draw_face(img, track.landmarks[t], outline, float(track.unit_px[t]), ident, look)
+        yield np.clip(img.astype(np.int16) + noise[rng.integers(look.noise_bank)], 0, 255).astype(np.uint8)

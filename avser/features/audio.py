@@ -8,8 +8,8 @@ Fig. 2), what the feature store keeps; ``racnn_input`` -> the network input
 
 from __future__ import annotations
 
-import math
 import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,14 +26,17 @@ from avser.features.video import AudioTrack, decode_audio_track, require_file
 # soxr's high-quality mode: band-limited, and fast enough for a whole corpus.
 _RESAMPLER = "soxr_hq"
 _MS_PER_SECOND = 1000.0
+# Mel power spectrogram (squared magnitude), so 10*log10 of it is in dB.
+_SPECTROGRAM_POWER = 2.0
+# Absolute dB (re. full scale); loudness is normalised per utterance in racnn_input.
+_DB_REFERENCE = 1.0
 # Channels of the 3D log-mel: static, delta, delta-delta.
 LOGMEL_CHANNELS = 3
-# A RIFF file states its own length after the 4-byte "RIFF" tag.
+# A WAV file: "RIFF", its length, "WAVE", then chunks of (4-byte name, length, bytes).
 _RIFF_HEADER = struct.Struct("<4sI4s")
-# Writers that stream a WAV leave its stated length unknown with one of these.
+_RIFF_CHUNK = struct.Struct("<4sI")
+# Writers that stream a WAV leave its data length unknown with one of these.
 _RIFF_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-# RIFF chunks are padded to even sizes, so a file may end one byte short of its header.
-_RIFF_PAD_BYTES = 1
 # Precisions torch cannot (or should not) resample in: computed in float32.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -88,23 +91,31 @@ def _read_with_soundfile(path: Path) -> AudioTrack | None:
     if _riff_is_truncated(path) or len(samples) < stated_frames:
         raise UnreadableMediaError(
             path,
-            f"truncated: {len(samples) / sample_rate:.3f} s decode, the header states more",
+            f"truncated: only {len(samples) / sample_rate:.3f} s of audio decode; "
+            "the file is shorter than its header states",
             _HINT_RECOPY,
         )
     return AudioTrack(samples=samples.T, sample_rate=sample_rate)
 
 
 def _riff_is_truncated(path: Path) -> bool:
-    """Whether a WAV file is shorter than its header says (libsndfile reads what is there)."""
+    """Whether a WAV file's ``data`` chunk runs past its end (libsndfile reads what is there)."""
+    size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(_RIFF_HEADER.size)
-    if len(head) < _RIFF_HEADER.size:
-        return False
-    tag, stated, form = _RIFF_HEADER.unpack(head)
-    if tag != b"RIFF" or form != b"WAVE" or stated in _RIFF_UNKNOWN_SIZES:
-        return False
-    # The stated size counts everything after the first 8 bytes.
-    return stated + 8 > path.stat().st_size + _RIFF_PAD_BYTES
+        if len(head) < _RIFF_HEADER.size:
+            return False
+        tag, _, form = _RIFF_HEADER.unpack(head)
+        if tag != b"RIFF" or form != b"WAVE":
+            return False
+        while chunk := handle.read(_RIFF_CHUNK.size):
+            if len(chunk) < _RIFF_CHUNK.size:
+                return False
+            name, length = _RIFF_CHUNK.unpack(chunk)
+            if name == b"data":
+                return length not in _RIFF_UNKNOWN_SIZES and handle.tell() + length > size
+            handle.seek(length + length % 2, 1)  # chunks are padded to even sizes
+    return False
 
 
 def _check_not_empty(path: Path, wave: np.ndarray, silence_rms: float) -> None:
@@ -146,7 +157,20 @@ def logmel(wave: np.ndarray, cfg: AudioConfig | None = None) -> np.ndarray:
             f"audio.win_length_ms {cfg.win_length_ms} is {win_length} samples, "
             f"more than audio.n_fft {cfg.n_fft}; raise n_fft or shorten the window"
         )
-    power = librosa.feature.melspectrogram(
+    with warnings.catch_warnings():
+        # A clip shorter than one FFT window is zero-padded, which is what we want.
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
+        power = _mel_power(wave, win_length, cfg)
+    static = librosa.power_to_db(power, ref=_DB_REFERENCE, amin=cfg.power_floor, top_db=cfg.top_db)
+    # The default edge handling needs width <= T; a very short clip repeats its edges instead.
+    mode = "interp" if static.shape[-1] >= cfg.delta_width else "nearest"
+    delta = librosa.feature.delta(static, width=cfg.delta_width, order=1, mode=mode)
+    delta2 = librosa.feature.delta(static, width=cfg.delta_width, order=2, mode=mode)
+    return np.stack([static, delta, delta2]).astype(np.float32)
+
+
+def _mel_power(wave: np.ndarray, win_length: int, cfg: AudioConfig) -> np.ndarray:
+    return librosa.feature.melspectrogram(
         y=wave,
         sr=cfg.sample_rate,
         n_fft=cfg.n_fft,
@@ -155,14 +179,8 @@ def logmel(wave: np.ndarray, cfg: AudioConfig | None = None) -> np.ndarray:
         n_mels=cfg.n_mels,
         fmin=cfg.fmin,
         fmax=cfg.fmax,
-        power=2.0,
+        power=_SPECTROGRAM_POWER,
     )
-    static = librosa.power_to_db(power, ref=1.0, amin=cfg.power_floor, top_db=cfg.top_db)
-    # The default edge handling needs width <= T; a very short clip repeats its edges instead.
-    mode = "interp" if static.shape[-1] >= cfg.delta_width else "nearest"
-    delta = librosa.feature.delta(static, width=cfg.delta_width, order=1, mode=mode)
-    delta2 = librosa.feature.delta(static, width=cfg.delta_width, order=2, mode=mode)
-    return np.stack([static, delta, delta2]).astype(np.float32)
 
 
 def load_logmel(path: str | Path, cfg: AudioConfig | None = None) -> np.ndarray:
@@ -194,9 +212,11 @@ def racnn_input(
        ``L (1 - overlap)`` frames: together they cover the utterance exactly,
        whatever ``T`` (a clip shorter than D frames is stretched, not padded).
     3. Each ``n_mels x L`` segment is resized to ``size x size`` bilinearly
-       (``align_corners=False``, what ``F.interpolate`` does on each segment
-       cut out on its own): the mel axis with ``F.interpolate``, the time axis
-       by sampling every segment of every clip in one ``grid_sample`` call.
+       (``align_corners=False``, edges clamped to the segment: what
+       ``F.interpolate`` does on each segment cut out on its own, exactly so
+       when segment bounds fall on whole frames): the mel axis with
+       ``F.interpolate``, the time axis by sampling every segment of every
+       clip in one ``grid_sample`` call (no loop, any mix of lengths).
 
     Runs on the input's device. float16/bfloat16 input (the store keeps
     float16) is computed and returned in float32; float32/float64 stay as they are.
@@ -280,8 +300,12 @@ def _segment_grid(frames: torch.Tensor, padded_len: int, cfg: RacnnInputConfig) 
     time = seg_hop[:, None, None] * segment[None, :, None] + (
         seg_len[:, None, None] * column[None, None, :] / cfg.size
     )
-    # Frame-index coordinates, clamped inside the clip as F.interpolate clamps at edges.
-    index = torch.minimum((time - 0.5).clamp_min(0.0), (length - 1.0)[:, None, None])
+    # Frame-index coordinates, clamped to the segment's first and last frame centres
+    # as F.interpolate clamps at the edges of a segment cut out on its own.
+    first = (seg_hop[:, None] * segment[None, :])[..., None]  # (B, D, 1)
+    last = torch.maximum(first, first + seg_len[:, None, None] - 1.0)
+    last = torch.minimum(last, (length - 1.0)[:, None, None])
+    index = torch.minimum(torch.maximum(time - 0.5, first), last)
     x = (2.0 * index + 1.0) / padded_len - 1.0  # align_corners=False normalisation
     x = x.reshape(len(frames), 1, cfg.segments * cfg.size)
     return torch.stack([x, torch.zeros_like(x)], dim=-1)

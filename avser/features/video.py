@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from avser.errors import (
+    ConfigError,
     MissingFileError,
     NoAudioTrackError,
     TooFewFramesError,
@@ -38,7 +39,7 @@ _CONTAINER_TIME_BASE = 1e-6
 # Errors a damaged or unsupported file can raise inside PyAV/FFmpeg.
 _MEDIA_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, RuntimeError)
 
-_HINT_REENCODE = "re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or drop the clip"
+_HINT_REENCODE = "check it plays (ffprobe FILE); copy it again, re-encode it or drop the clip"
 
 
 @dataclass
@@ -105,6 +106,8 @@ def open_media(path: str | Path) -> Iterator[av.container.InputContainer]:
     """Open ``path`` for reading with PyAV, turning failures into typed errors."""
     path = Path(path)
     require_file(path)
+    if path.stat().st_size == 0:
+        raise UnreadableMediaError(path, "file is empty (0 bytes)", _HINT_REENCODE)
     try:
         container = av.open(str(path), mode="r")
     except _MEDIA_ERRORS as exc:
@@ -190,8 +193,7 @@ def decode_video(path: str | Path, cfg: VideoConfig | None = None) -> VideoFrame
     """
     cfg = cfg or VideoConfig()
     path = Path(path)
-    if cfg.frame_stride < 1:
-        raise ValueError(f"VideoConfig.frame_stride must be >= 1, got {cfg.frame_stride}")
+    _check_video_config(cfg)
     with open_media(path) as container:
         if not container.streams.video:
             raise UnreadableMediaError(
@@ -219,6 +221,16 @@ def decode_video(path: str | Path, cfg: VideoConfig | None = None) -> VideoFrame
         scale=scale,
         frame_indices=np.asarray(indices, dtype=np.int64),
     )
+
+
+def _check_video_config(cfg: VideoConfig) -> None:
+    if cfg.frame_stride < 1:
+        raise ConfigError(f"video.frame_stride must be >= 1, got {cfg.frame_stride}")
+    if cfg.max_frames is not None and cfg.max_frames < cfg.min_frames:
+        raise ConfigError(
+            f"video.max_frames ({cfg.max_frames}) is below video.min_frames "
+            f"({cfg.min_frames}): every clip would fail"
+        )
 
 
 def _keep_frames(container, stream, fps, cfg: VideoConfig):

@@ -21,6 +21,7 @@ run again by a deterministic ``run_key`` tag (see ``start_run``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ UNKNOWN_COMMIT = "unknown"
 MANIFEST_FILE_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c.endswith("_path"))
 
 MODULE_ARTIFACT = "torch_module"
+DEFAULT_DEVICE = "cpu"
 MODULE_FILE_NAME = "module.pt"
 # Input examples are stored as JSON inside the model: a paper-sized speech
 # tensor (3x9x224x224 floats) would add tens of MB, so only small ones are kept;
@@ -223,9 +225,20 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
 def param_values(cfg_or_dict: Any) -> dict[str, str]:
-    """Flattened config as MLflow stores it: ``str(value)`` cut to MLflow's length limit."""
-    return {key: str(value)[:MAX_PARAM_VAL_LENGTH] for key, value in flatten(cfg_or_dict).items()}
+    """Flattened config as MLflow stores it: ``str(value)`` cut to MLflow's length limit.
+
+    Takes a config dataclass or a mapping, whose values may themselves be
+    config dataclasses (``{"train": train_cfg, "model": model_cfg}``).
+    """
+    plain = json.loads(json.dumps(cfg_or_dict, default=_json_default))
+    return {key: str(value)[:MAX_PARAM_VAL_LENGTH] for key, value in flatten(plain).items()}
 
 
 def log_params(run_id: str, cfg_or_dict: Any) -> dict[str, str]:
@@ -401,14 +414,16 @@ class TorchLogitsModel(mlflow.pyfunc.PythonModel):
     def __init__(self, input_names: Sequence[str]) -> None:
         self.input_names = list(input_names)
         self.module: torch.nn.Module | None = None
-        self.device = torch.device("cpu")
+        self.device = torch.device(DEFAULT_DEVICE)
 
     def load_context(self, context) -> None:
-        self.device = torch.device((context.model_config or {}).get("device", "cpu"))
+        self.device = torch.device((context.model_config or {}).get("device", DEFAULT_DEVICE))
         path = context.artifacts[MODULE_ARTIFACT]
         # weights_only=False: the file holds a whole module, written by avser itself.
         self.module = torch.load(path, map_location=self.device, weights_only=False).eval()
 
+    # No type hints: MLflow cannot build a schema from dict[str, ndarray] hints
+    # (it warns about their absence instead); the logged signature checks inputs.
     def predict(self, context, model_input, params=None):
         missing = [name for name in self.input_names if name not in model_input]
         if missing:
@@ -477,6 +492,8 @@ def log_torch_model(
             signature=infer_signature(input_example, logits),
             input_example=input_example if small else None,
             pip_requirements=_pip_requirements(),
+            # Declared so that load_model(..., model_config={"device": ...}) may override it.
+            model_config={"device": DEFAULT_DEVICE},
             metadata={"avser_inputs": list(input_example), "avser_output": "logits"},
         )
     return info.model_uri
@@ -510,20 +527,20 @@ def registered_model_uri(name: str, alias_or_version: str | int) -> str:
     return f"models:/{name}@{alias_or_version}"
 
 
-def load_model(model_uri: str, device: str = "cpu") -> mlflow.pyfunc.PyFuncModel:
+def load_model(model_uri: str, device: str = DEFAULT_DEVICE) -> mlflow.pyfunc.PyFuncModel:
     """The pyfunc at ``model_uri``: ``.predict({name: array}) -> logits``."""
     _point_fluent_api_at_store()
     return mlflow.pyfunc.load_model(model_uri, model_config={"device": device})
 
 
 def load_registered(
-    name: str, alias_or_version: str | int = "champion", device: str = "cpu"
+    name: str, alias_or_version: str | int = "champion", device: str = DEFAULT_DEVICE
 ) -> mlflow.pyfunc.PyFuncModel:
     """The registered model ``name`` at an alias or version, as a pyfunc."""
     return load_model(registered_model_uri(name, alias_or_version), device)
 
 
-def load_torch_model(model_uri: str, device: str = "cpu") -> torch.nn.Module:
+def load_torch_model(model_uri: str, device: str = DEFAULT_DEVICE) -> torch.nn.Module:
     """The torch module inside a model logged by ``log_torch_model`` (eval mode)."""
     wrapper = load_model(model_uri, device).unwrap_python_model()
     if not isinstance(wrapper, TorchLogitsModel):

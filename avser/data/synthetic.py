@@ -1,0 +1,327 @@
+"""A synthetic audio-visual emotion corpus: real media files read like any other corpus.
+
+Each clip is one synthetic speaker saying a vowel-like utterance with one of
+six emotions: ``<clip_id>.mp4`` (H.264 video of a drawn face + AAC audio),
+``<clip_id>.csv`` (the exact 68 landmarks of every frame, in OpenFace 2.0
+FeatureExtraction format) and one ``corpus.json`` (labels, config, seed).
+
+The emotion is learnable from either modality but not trivially: every clip
+has its own intensity, each modality is blended toward a second, random
+emotion by its own amount, and speakers have their own faces, voices and
+habits. Generation is deterministic per (seed, clip index).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from avser.config import config_hash, to_dict
+from avser.data.manifest import Clip, ScanProblem, ScanResult
+from avser.data.synthetic_face import (
+    EXPRESSION_KEYS,
+    FaceSynthConfig,
+    face_track,
+    render_frames,
+    sample_face_identity,
+)
+from avser.data.synthetic_voice import (
+    PROSODY_KEYS,
+    VoiceSynthConfig,
+    plan_syllables,
+    sample_voice_identity,
+    syllable_envelope,
+    synthesize_voice,
+)
+from avser.errors import AvserError, ConfigError
+
+CORPUS = "synthetic"
+EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised")
+CORPUS_FILE = "corpus.json"
+CLIP_NAME = re.compile(r"^(?P<speaker>spk\d+)_(?P<emotion>[a-z]+)_(?P<index>\d+)$")
+
+# Independent random streams, so that e.g. a drawing change leaves the audio untouched.
+PLAN_STREAM, SPEAKER_STREAM, FACE_STREAM, VOICE_STREAM = range(4)
+
+
+@dataclass
+class SynthConfig:
+    """Every number of the generator. The first emotion is the neutral reference."""
+
+    emotions: tuple[str, ...] = EMOTIONS
+    n_speakers: int = 8
+    fps: int = 25
+    duration_s: tuple[float, float] = (2.0, 4.0)
+    width: int = 320
+    height: int = 240
+    sample_rate: int = 16000
+    # Per-clip intensity scales the distance from neutral, in both modalities.
+    intensity: tuple[float, float] = (0.35, 1.0)
+    # Each modality is blended toward a random other emotion by up to this weight.
+    label_overlap: float = 0.45
+    video_crf: int = 23
+    video_preset: str = "veryfast"
+    audio_bitrate: int = 64000
+    face: FaceSynthConfig = field(default_factory=FaceSynthConfig)
+    voice: VoiceSynthConfig = field(default_factory=VoiceSynthConfig)
+
+
+@dataclass
+class ClipPlan:
+    """What one clip will be, drawn before any sample or pixel."""
+
+    index: int
+    speaker: int  # 1-based
+    label: int
+    emotion: str
+    intensity: float
+    duration_s: float
+    n_frames: int
+    face_partner: str
+    face_blend: float
+    voice_partner: str
+    voice_blend: float
+
+    @property
+    def clip_id(self) -> str:
+        return f"spk{self.speaker:02d}_{self.emotion}_{self.index:05d}"
+
+
+def validate(cfg: SynthConfig) -> None:
+    if len(cfg.emotions) < 2:
+        raise ConfigError(f"SynthConfig.emotions needs at least two emotions, got {list(cfg.emotions)}")
+    for table, where in ((cfg.face.expressions, "face.expressions"), (cfg.voice.prosody, "voice.prosody")):
+        missing = [e for e in cfg.emotions if e not in table]
+        if missing:
+            raise ConfigError(f"SynthConfig.{where} has no entry for {missing}; add one per emotion")
+    if cfg.width % 2 or cfg.height % 2:
+        raise ConfigError(f"SynthConfig width/height must be even for yuv420p video, got {cfg.width}x{cfg.height}")
+    if cfg.n_speakers < 1 or cfg.fps < 1:
+        raise ConfigError("SynthConfig.n_speakers and fps must be positive")
+
+
+def plan_clip(cfg: SynthConfig, seed: int, index: int) -> ClipPlan:
+    """Clip ``index``: each block of len(emotions) clips is one speaker saying every emotion."""
+    rng = np.random.default_rng([seed, PLAN_STREAM, index])
+    n_emotions = len(cfg.emotions)
+    label = index % n_emotions
+    n_frames = int(round(rng.uniform(*cfg.duration_s) * cfg.fps))
+
+    def partner() -> str:
+        others = [e for i, e in enumerate(cfg.emotions) if i != label]
+        return others[rng.integers(len(others))]
+
+    return ClipPlan(
+        index=index,
+        speaker=(index // n_emotions) % cfg.n_speakers + 1,
+        label=label,
+        emotion=cfg.emotions[label],
+        intensity=float(rng.uniform(*cfg.intensity)),
+        duration_s=n_frames / cfg.fps,
+        n_frames=n_frames,
+        face_partner=partner(),
+        face_blend=float(rng.uniform(0, cfg.label_overlap)),
+        voice_partner=partner(),
+        voice_blend=float(rng.uniform(0, cfg.label_overlap)),
+    )
+
+
+def emotion_params(
+    table: dict[str, dict[str, float]], keys: tuple[str, ...], neutral: str, emotion: str, partner: str,
+    blend: float, intensity: float, noise_sd: dict[str, float], habit: dict[str, float], rng: np.random.Generator,
+) -> dict[str, float]:
+    """One clip's parameters: the emotion blended toward a partner, scaled from neutral, perturbed."""
+    params = {}
+    for key in keys:
+        target = (1 - blend) * table[emotion][key] + blend * table[partner][key]
+        base = table[neutral][key]
+        params[key] = base + intensity * (target - base) + habit[key] + rng.normal(0, noise_sd[key])
+    return params
+
+
+def _speaker_habit(sd: dict[str, float], keys: tuple[str, ...], rng: np.random.Generator) -> dict[str, float]:
+    return {key: float(rng.normal(0, sd[key])) for key in keys}
+
+
+@dataclass
+class ClipMedia:
+    frames: object  # iterator of BGR uint8 frames
+    landmarks: np.ndarray  # (T, 68, 2)
+    audio: np.ndarray  # float32 mono
+
+
+def synthesize_clip(plan: ClipPlan, cfg: SynthConfig, seed: int) -> ClipMedia:
+    """The landmarks, frames and audio of one planned clip."""
+    speaker_rng = np.random.default_rng([seed, SPEAKER_STREAM, plan.speaker])
+    female = plan.speaker % 2 == 0  # as in RAVDESS: even speakers are female
+    voice_id = sample_voice_identity(cfg.voice, female, speaker_rng)
+    face_id = sample_face_identity(cfg.face, speaker_rng)
+    voice_habit = _speaker_habit(cfg.voice.speaker_prosody_sd, PROSODY_KEYS, speaker_rng)
+    face_habit = _speaker_habit(cfg.face.speaker_expression_sd, EXPRESSION_KEYS, speaker_rng)
+
+    voice_rng = np.random.default_rng([seed, VOICE_STREAM, plan.index])
+    face_rng = np.random.default_rng([seed, FACE_STREAM, plan.index])
+    neutral = cfg.emotions[0]
+    prosody = emotion_params(
+        cfg.voice.prosody, PROSODY_KEYS, neutral, plan.emotion, plan.voice_partner, plan.voice_blend,
+        plan.intensity, cfg.voice.prosody_noise, voice_habit, voice_rng,
+    )
+    apex = emotion_params(
+        cfg.face.expressions, EXPRESSION_KEYS, neutral, plan.emotion, plan.face_partner, plan.face_blend,
+        plan.intensity, cfg.face.expression_noise, face_habit, face_rng,
+    )
+    syllables = plan_syllables(plan.duration_s, prosody, cfg.voice, voice_rng)
+    audio = synthesize_voice(syllables, plan.duration_s, prosody, voice_id, cfg.voice, cfg.sample_rate, voice_rng)
+    articulation = syllable_envelope(syllables, np.arange(plan.n_frames) / cfg.fps, cfg.voice.syllable_shape)
+    frame_size = (cfg.width, cfg.height)
+    track = face_track(face_id, apex, articulation, cfg.face, cfg.fps, frame_size, face_rng)
+    frames = render_frames(track, face_id, cfg.face.look, frame_size, face_rng)
+    return ClipMedia(frames=frames, landmarks=track.landmarks, audio=audio)
+
+
+def write_mp4(path: Path, media: ClipMedia, cfg: SynthConfig) -> None:
+    """H.264 (yuv420p) video and AAC mono audio of the same length."""
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=cfg.fps)
+        video.width, video.height, video.pix_fmt = cfg.width, cfg.height, "yuv420p"
+        video.options = {"crf": str(cfg.video_crf), "preset": cfg.video_preset}
+        audio = container.add_stream("aac", rate=cfg.sample_rate, layout="mono")
+        audio.bit_rate = cfg.audio_bitrate
+        for image in media.frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(video.encode(None))
+        frame = av.AudioFrame.from_ndarray(media.audio[None, :], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = cfg.sample_rate, 0
+        container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+
+
+def openface_header() -> str:
+    columns = ["frame", "face_id", "timestamp", "confidence", "success"]
+    columns += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    return ", ".join(columns)
+
+
+def write_landmarks_csv(path: Path, landmarks: np.ndarray, fps: int) -> None:
+    """OpenFace 2.0 FeatureExtraction layout: 1-based frames, ``, `` separators."""
+    lines = [openface_header()]
+    for t, points in enumerate(landmarks):
+        coords = ", ".join(f"{v:.3f}" for v in np.concatenate([points[:, 0], points[:, 1]]))
+        lines.append(f"{t + 1}, 0, {t / fps:.3f}, 0.98, 1, {coords}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _clip_record(out: Path, plan: ClipPlan) -> Clip:
+    mp4 = str(out / f"{plan.clip_id}.mp4")
+    return Clip(
+        clip_id=plan.clip_id, corpus=CORPUS, speaker=f"spk{plan.speaker:02d}", label=plan.label,
+        label_name=plan.emotion, audio_path=mp4, video_path=mp4,
+        landmarks_path=str(out / f"{plan.clip_id}.csv"),
+        extra={"intensity": plan.intensity, "duration_s": plan.duration_s},
+    )
+
+
+def _check_existing(out: Path, cfg: SynthConfig, seed: int) -> None:
+    """Refuse to mix clips of different configs or seeds in one folder."""
+    path = out / CORPUS_FILE
+    if not path.is_file():
+        return
+    meta = json.loads(path.read_text())
+    if meta.get("seed") != seed or meta.get("config_hash") != config_hash(cfg):
+        raise AvserError(
+            f"{path} describes a corpus made with another seed or config; "
+            "generate into an empty folder, or delete this one first"
+        )
+
+
+def generate_corpus(
+    out_dir: str | Path, n_clips: int, seed: int = 0, cfg: SynthConfig | None = None, progress: bool = True
+) -> list[Clip]:
+    """Write ``n_clips`` clips (mp4 + landmark csv) and ``corpus.json`` into ``out_dir``.
+
+    Clips already there (same seed and config) are kept, so a rerun only adds
+    what is missing; files appear atomically, never half-written.
+    """
+    cfg = cfg or SynthConfig()
+    validate(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_existing(out, cfg, seed)
+    plans = [plan_clip(cfg, seed, index) for index in range(n_clips)]
+    for plan in tqdm(plans, desc="synthetic corpus", unit="clip", disable=not progress):
+        mp4, csv = out / f"{plan.clip_id}.mp4", out / f"{plan.clip_id}.csv"
+        if mp4.is_file() and csv.is_file():
+            continue
+        media = synthesize_clip(plan, cfg, seed)
+        partial = out / f"{plan.clip_id}.partial.mp4"
+        write_mp4(partial, media, cfg)
+        partial.replace(mp4)
+        partial = out / f"{plan.clip_id}.partial.csv"
+        write_landmarks_csv(partial, media.landmarks, cfg.fps)
+        partial.replace(csv)
+    _write_corpus_json(out, cfg, seed, plans)
+    return [_clip_record(out, plan) for plan in plans]
+
+
+def _write_corpus_json(out: Path, cfg: SynthConfig, seed: int, plans: list[ClipPlan]) -> None:
+    meta = {
+        "corpus": CORPUS,
+        "seed": seed,
+        "emotions": list(cfg.emotions),
+        "config_hash": config_hash(cfg),
+        "config": to_dict(cfg),
+        "clips": [
+            {"clip_id": p.clip_id, "speaker": f"spk{p.speaker:02d}", "label": p.label, "label_name": p.emotion,
+             "intensity": p.intensity, "duration_s": p.duration_s, "n_frames": p.n_frames,
+             "face_partner": p.face_partner, "face_blend": p.face_blend,
+             "voice_partner": p.voice_partner, "voice_blend": p.voice_blend}
+            for p in plans
+        ],
+    }
+    (out / CORPUS_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def scan_synthetic(root: str | Path) -> ScanResult:
+    """Manifest rows of a generated corpus; any other file is reported as a problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AvserError(
+            f"synthetic corpus folder {root} does not exist; "
+            "make one with avser.data.synthetic.generate_corpus(out_dir, n_clips)"
+        )
+    meta_path = root / CORPUS_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    emotions = list(meta.get("emotions", EMOTIONS))
+    details = {c["clip_id"]: c for c in meta.get("clips", [])}
+    entries = sorted(p for p in root.iterdir() if p != meta_path)
+    stems = {p.stem for p in entries if p.suffix == ".mp4"}
+    clips, problems = [], []
+    for path in entries:
+        match = CLIP_NAME.match(path.stem)
+        if not path.is_file() or path.suffix not in (".mp4", ".csv") or match is None:
+            problems.append(ScanProblem(str(path), "not a synthetic corpus file (expected spkNN_<emotion>_NNNNN.mp4/.csv)"))
+        elif match["emotion"] not in emotions:
+            problems.append(ScanProblem(str(path), f"unknown emotion {match['emotion']!r}; expected one of {emotions}"))
+        elif path.suffix == ".csv" and path.stem not in stems:
+            problems.append(ScanProblem(str(path), "landmarks without a video; regenerate the corpus"))
+        elif path.suffix == ".mp4":
+            clips.append(_scanned_clip(root, path, match, emotions, details.get(path.stem, {})))
+    if not meta_path.is_file():
+        problems.append(ScanProblem(str(meta_path), "missing; emotion list assumed to be the default"))
+    return ScanResult(clips=clips, problems=problems, labels=emotions)
+
+
+def _scanned_clip(root: Path, path: Path, match: re.Match, emotions: list[str], detail: dict) -> Clip:
+    csv = root / f"{path.stem}.csv"
+    extra = {k: detail[k] for k in ("intensity", "duration_s") if k in detail}
+    return Clip(
+        clip_id=path.stem, corpus=CORPUS, speaker=match["speaker"], label=emotions.index(match["emotion"]),
+        label_name=match["emotion"], audio_path=str(path), video_path=str(path),
+        landmarks_path=str(csv) if csv.is_file() else None, extra=extra,
+    )
