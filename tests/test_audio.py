@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import librosa
 import numpy as np
 import pytest
@@ -21,8 +22,6 @@ from avser.errors import (
 from avser.features.audio import load_audio, load_logmel, logmel, racnn_input
 from avser.features.config import AudioConfig, RacnnInputConfig
 
-from tests.test_video import write_video
-
 STEREO_48K = "ravdess-speech-48k-originals/03-01-02-01-01-02-01.wav"
 SPEECH_16K = "ravdess-speech-16k/Actor_01/03-01-01-01-01-01-01.flac"
 TONE_HZ = 440.0
@@ -31,6 +30,20 @@ TONE_HZ = 440.0
 def sine(seconds: float, rate: int, hz: float = TONE_HZ, amplitude: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def write_mute_video(path: Path, n_frames: int = 5) -> Path:
+    """An H.264 mp4 with a video stream and no audio stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n_frames):
+            pixels = np.full((48, 64, 3), 10 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 def peak_hz(wave: np.ndarray, rate: int) -> float:
@@ -70,11 +83,34 @@ def test_stereo_is_averaged(tmp_path: Path) -> None:
     np.testing.assert_allclose(load_audio(path, 16000), (left + right) / 2, atol=1e-6)
 
 
+def test_mp3_through_soundfile(tmp_path: Path) -> None:
+    path = tmp_path / "tone.mp3"
+    sf.write(path, sine(1.0, 16000), 16000)
+    wave = load_audio(path)
+    assert abs(len(wave) - 16000) < 1200  # mp3 frames pad the ends
+    assert peak_hz(wave, 16000) == pytest.approx(TONE_HZ, abs=2.0)
+
+
+def test_m4a_falls_back_to_pyav(tmp_path: Path) -> None:
+    path = tmp_path / "tone.m4a"
+    rate = 44100
+    tone = sine(1.0, rate)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    wave = load_audio(path, 16000)
+    assert len(wave) / 16000 == pytest.approx(1.0, abs=0.06)
+    assert peak_hz(wave, 16000) == pytest.approx(TONE_HZ, abs=2.0)
+
+
 def test_real_stereo_48k_becomes_mono_16k(shared_data: Path) -> None:
     path = shared_data / STEREO_48K
     wave = load_audio(path)
     assert wave.ndim == 1 and wave.dtype == np.float32
-    assert len(wave) == round(sf.info(path).frames / 3)
+    assert abs(len(wave) - sf.info(path).frames / 3) <= 1
     assert 0.01 < np.abs(wave).max() <= 1.0
 
 
@@ -88,13 +124,13 @@ def test_real_16k_flac(shared_data: Path) -> None:
 def test_audio_track_of_a_video(shared_data: Path) -> None:
     wave = load_audio(shared_data / "face-videos/single_face.mp4")
     assert len(wave) / 16000 == pytest.approx(2.42, abs=0.01)
-    assert np.abs(wave).max() > 0.01
+    assert np.sqrt(np.mean(wave**2)) > AudioConfig.silence_rms
 
 
 # ---- load_audio on bad files: each error is typed and names the file ------------
 
 
-def assert_raises_naming(error: type[Exception], path: Path, match: str = "") -> None:
+def assert_raises_naming(error: type[Exception], path: Path, match: str | None = None) -> None:
     with pytest.raises(error, match=match) as caught:
         load_audio(path)
     assert str(path) in str(caught.value)
@@ -141,7 +177,7 @@ def test_real_video_with_a_silent_track(shared_data: Path) -> None:
 
 
 def test_video_without_audio_track(tmp_path: Path) -> None:
-    assert_raises_naming(NoAudioTrackError, write_video(tmp_path / "mute.mp4", 5), "no audio")
+    assert_raises_naming(NoAudioTrackError, write_mute_video(tmp_path / "mute.mp4"), "no audio")
 
 
 def test_text_file_renamed(tmp_path: Path) -> None:
@@ -166,7 +202,8 @@ def test_logmel_shape_and_values() -> None:
     assert feats.shape == (3, cfg.n_mels, 101) and feats.dtype == np.float32
     assert np.isfinite(feats).all()
     # The tone's energy lands in the mel band holding 440 Hz.
-    centres = librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.sample_rate / 2)[1:-1]
+    edges = librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.sample_rate / 2)
+    centres = edges[1:-1]
     loudest = feats[0].mean(axis=1).argmax()
     assert abs(centres[loudest] - TONE_HZ) < 40.0
     # A steady tone: deltas vanish away from the padded edges.
@@ -231,7 +268,9 @@ def test_segments_are_resized_crops_covering_the_utterance() -> None:
 def test_one_segment_is_a_plain_resize() -> None:
     (clip,) = random_logmels([77])
     out = racnn_input([clip], RacnnInputConfig(segments=1, size=64))[0, :, 0]
-    expected = F.interpolate(normalised(clip)[None], size=(64, 64), mode="bilinear", align_corners=False)
+    expected = F.interpolate(
+        normalised(clip)[None], size=(64, 64), mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(out, expected[0], atol=1e-4, rtol=1e-4)
 
 
@@ -240,16 +279,20 @@ def test_padding_and_batch_mates_do_not_change_a_clip() -> None:
     short, long = random_logmels([40, 300])
     alone = racnn_input([short], cfg)
     together = racnn_input([short, long], cfg)
-    torch.testing.assert_close(together[0], alone[0])
+    # Equal up to float summation order (the padded batch sums over more zeros).
+    torch.testing.assert_close(together[0], alone[0], atol=1e-4, rtol=1e-4)
     padded = torch.zeros(2, 3, 128, 300)
     padded[0, ..., :40], padded[1] = short, long
-    torch.testing.assert_close(racnn_input(padded, cfg, lengths=[40, 300]), together)
+    torch.testing.assert_close(
+        racnn_input(padded, cfg, lengths=[40, 300]), together, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_per_utterance_normalisation() -> None:
     (clip,) = random_logmels([50])
     out = racnn_input([clip * 3 + 100], RacnnInputConfig(size=16))
-    torch.testing.assert_close(out, racnn_input([clip], RacnnInputConfig(size=16)), atol=1e-4, rtol=1e-4)
+    reference = racnn_input([clip], RacnnInputConfig(size=16))
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
     constant = racnn_input([torch.full((3, 128, 10), -80.0)], RacnnInputConfig(size=8))
     assert torch.count_nonzero(constant) == 0
 
@@ -291,4 +334,5 @@ def test_racnn_input_on_gpu_matches_cpu() -> None:
     clips = random_logmels([3, 90, 801])
     on_gpu = racnn_input([clip.cuda().half() for clip in clips])
     assert on_gpu.device.type == "cuda"
-    torch.testing.assert_close(on_gpu.cpu(), racnn_input([c.half() for c in clips]), atol=1e-3, rtol=0.0)
+    on_cpu = racnn_input([clip.half() for clip in clips])
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-3, rtol=0.0)

@@ -224,8 +224,11 @@ def test_every_ablation_variant_trains(tiny_cfg, variant, attention):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def train_steps(cfg: ModelConfig, steps: int, seed: int = 0, batch: int = 16, lr: float = 1e-2):
-    """Train a fresh model on one fixed batch; per-step losses and accuracies."""
+def train_steps(
+    cfg: ModelConfig, steps: int, seed: int = 0, batch: int = 16, lr: float = 1e-2, until: float = 2.0
+):
+    """Train a fresh model on one fixed batch for ``steps`` steps or until the
+    training accuracy reaches ``until``; per-step losses and accuracies."""
     torch.manual_seed(seed)
     model = AudioVisualSER.from_config(cfg).train()
     speech, faces, landmarks, mask, labels = make_batch(cfg, batch, seed=seed)
@@ -239,13 +242,15 @@ def train_steps(cfg: ModelConfig, steps: int, seed: int = 0, batch: int = 16, lr
         optimizer.step()
         losses.append(loss.item())
         accuracies.append((logits.argmax(-1) == labels).float().mean().item())
+        if accuracies[-1] >= until:
+            break
     return losses, accuracies
 
 
 def test_tiny_model_overfits_a_batch(tiny_cfg):
-    losses, accuracies = train_steps(tiny_cfg, steps=60)
-    assert max(accuracies) == 1.0, (losses[-5:], accuracies[-5:])
-    assert losses[-1] < losses[0] / 4
+    losses, accuracies = train_steps(tiny_cfg, steps=40, until=1.0)
+    assert accuracies[-1] == 1.0, (losses[-5:], accuracies[-5:])
+    assert losses[-1] < losses[0] / 2
 
 
 def test_seeded_runs_repeat_exactly(tiny_cfg):

@@ -123,26 +123,30 @@ def test_params_metrics_and_artifacts_are_stored(store, tmp_path):
     logged = tracking.log_params(run_id, TinyConfig())
     tracking.log_metrics(run_id, {"loss": 1.5, "ua": np.float32(0.25)}, step=0)
     figure = tracking.log_figure_file(run_id, _png(tmp_path / "confusion.png"), "figures")
-    table = tracking.log_table(run_id, pd.DataFrame({"label": [0, 1], "ua": [0.5, 0.7]}), "per_class.csv")
+    per_class = pd.DataFrame({"label": [0, 1], "ua": [0.5, 0.7]})
+    table = tracking.log_table(run_id, per_class, "per_class.csv")
     as_json = tracking.log_dict(run_id, {"labels": ["angry", "calm"]}, "labels.json", "meta")
     tracking.finish_run(run_id)
 
-    run = tracking.client().get_run(run_id)
+    mlflow_client = tracking.client()
+    run = mlflow_client.get_run(run_id)
     assert logged["optim.lr"] == "0.001" and logged["optim.betas"] == "[0.9, 0.999]"
     assert run.data.params == logged
     assert run.data.metrics == {"loss": 1.5, "ua": 0.25}
     assert run.data.tags["stage"] == "test"
     assert run.info.status == "FINISHED"
-    stored = {a.path for d in ("figures", "meta", "") for a in tracking.client().list_artifacts(run_id, d)}
+    folders = ("figures", "meta", "")
+    stored = {a.path for d in folders for a in mlflow_client.list_artifacts(run_id, d)}
     assert {figure, table, as_json} <= stored
-    local_png = Path(tracking.client().download_artifacts(run_id, figure, str(tmp_path / "dl")))
+    local_png = Path(mlflow_client.download_artifacts(run_id, figure, str(tmp_path / "dl")))
     assert local_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # artifacts sit next to the database, under the experiment's own folder
     assert run.info.artifact_uri.startswith((store / "artifacts" / EXPERIMENT).as_uri())
 
 
 def test_params_of_nested_configs_are_flattened():
-    values = tracking.param_values({"train": TinyConfig(), "model": {"size": "tiny", "dims": (2, 3)}})
+    nested = {"train": TinyConfig(), "model": {"size": "tiny", "dims": (2, 3)}}
+    values = tracking.param_values(nested)
     assert values["train.optim.lr"] == "0.001"
     assert values["train.optim.betas"] == "[0.9, 0.999]"
     assert values["model.dims"] == "[2, 3]"
@@ -180,7 +184,8 @@ def test_start_run_with_same_key_resumes(store):
 def test_param_conflict_is_a_clear_error(store):
     run_id = tracking.start_run(EXPERIMENT, "conflict", "conflict")
     tracking.log_params(run_id, TinyConfig())
-    with pytest.raises(tracking.ParamConflictError, match=r"optim\.lr: '0\.001' -> '0\.01'.*new run"):
+    clear = r"optim\.lr: '0\.001' -> '0\.01'.*new run"
+    with pytest.raises(tracking.ParamConflictError, match=clear):
         tracking.log_params(run_id, TinyConfig(optim=TinyOptim(lr=0.01), epochs=3))
     # nothing of the rejected config was logged, not even the unchanged keys
     assert tracking.client().get_run(run_id).data.params["optim.lr"] == "0.001"
@@ -231,12 +236,16 @@ def test_single_input_model_and_alias_promotion(store, inputs):
     run_id = tracking.start_run(EXPERIMENT, "racnn", "racnn")
     first_uri = tracking.log_torch_model(run_id, model, speech)
     first = tracking.register_model(first_uri, "avser-racnn-test")
-    second = tracking.register_model(tracking.log_torch_model(run_id, model, speech), "avser-racnn-test")
+    second_uri = tracking.log_torch_model(run_id, model, speech)
+    second = tracking.register_model(second_uri, "avser-racnn-test")
     tracking.set_alias("avser-racnn-test", "champion", first)
 
     assert second == first + 1
     aliases = tracking.client().get_registered_model("avser-racnn-test").aliases
-    assert {alias: int(v) for alias, v in aliases.items()} == {"candidate": second, "champion": first}
+    assert {alias: int(v) for alias, v in aliases.items()} == {
+        "candidate": second,
+        "champion": first,
+    }
     for alias in ("champion", "candidate", first):
         predicted = tracking.load_registered("avser-racnn-test", alias).predict(speech)
         assert np.allclose(predicted, expected, rtol=0, atol=1e-6)

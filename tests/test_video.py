@@ -24,7 +24,9 @@ SYNTH_SIZE = (64, 48)  # width, height
 GREY_START, GREY_STEP, NOISE = 20, 4, 8
 
 
-def write_video(path: Path, n_frames: int, *, faststart: bool = False, keyframe_every: int = 5) -> Path:
+def write_video(
+    path: Path, n_frames: int, *, faststart: bool = False, keyframe_every: int = 5
+) -> Path:
     """A silent H.264 mp4 (no audio stream): frame i is grey level 20 + 4*i plus noise.
 
     The noise keeps frames from compressing to nothing, so a file cut in half

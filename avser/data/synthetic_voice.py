@@ -33,22 +33,22 @@ def _default_prosody() -> dict[str, dict[str, float]]:
     rows = {
         #             pitch range slope energy rate  tilt breath tremor
         "neutral": (0.0, 1.5, -1.5, 0.0, 4.2, 1.30, 0.08, 0.00),
-        "happy": (3.0, 4.0, 0.0, 4.0, 4.8, 1.00, 0.06, 0.00),
-        "sad": (-2.0, 0.8, -3.0, -6.0, 3.2, 1.70, 0.25, 0.10),
-        "angry": (2.5, 3.0, -2.0, 8.0, 5.0, 0.70, 0.05, 0.00),
-        "fearful": (5.0, 1.5, 1.0, 1.0, 5.6, 1.20, 0.22, 0.60),
-        "surprised": (4.0, 5.5, 4.0, 4.0, 4.2, 1.00, 0.10, 0.00),
+        "happy": (3.0, 3.5, -0.5, 5.0, 5.0, 0.90, 0.06, 0.00),
+        "sad": (-2.0, 0.8, -3.0, -7.0, 3.0, 1.70, 0.25, 0.10),
+        "angry": (2.5, 3.0, -2.5, 9.0, 5.2, 0.60, 0.05, 0.00),
+        "fearful": (5.0, 1.5, 1.0, 1.0, 5.8, 1.20, 0.22, 0.60),
+        "surprised": (4.0, 6.0, 5.0, 3.0, 3.8, 1.10, 0.10, 0.00),
     }
     return {name: dict(zip(PROSODY_KEYS, values)) for name, values in rows.items()}
 
 
 def _default_prosody_noise() -> dict[str, float]:
-    values = (1.0, 0.8, 1.2, 2.0, 0.45, 0.15, 0.05, 0.12)
+    values = (0.7, 0.6, 0.8, 1.5, 0.3, 0.1, 0.04, 0.08)
     return dict(zip(PROSODY_KEYS, values))
 
 
 def _default_speaker_prosody_sd() -> dict[str, float]:
-    values = (1.0, 0.5, 0.6, 2.0, 0.35, 0.12, 0.03, 0.05)
+    values = (0.7, 0.3, 0.4, 1.5, 0.25, 0.08, 0.03, 0.04)
     return dict(zip(PROSODY_KEYS, values))
 
 
@@ -102,7 +102,7 @@ class VoiceSynthConfig:
     breath_pole: float = 0.5  # one-pole filter; positive = dull, breathy noise
     room_noise_pole: float = 0.9  # brown-ish room rumble
     level_dbfs: float = -24.0
-    recording_gain_sd_db: float = 2.0
+    recording_gain_sd_db: float = 1.5
     snr_db: tuple[float, float] = (12.0, 30.0)
     peak_limit: float = 0.99
 

@@ -30,14 +30,12 @@ _MS_PER_SECOND = 1000.0
 _SPECTROGRAM_POWER = 2.0
 # Absolute dB (re. full scale); loudness is normalised per utterance in racnn_input.
 _DB_REFERENCE = 1.0
-# Channels of the 3D log-mel: static, delta, delta-delta.
-LOGMEL_CHANNELS = 3
 # A WAV file: "RIFF", its length, "WAVE", then chunks of (4-byte name, length, bytes).
 _RIFF_HEADER = struct.Struct("<4sI4s")
 _RIFF_CHUNK = struct.Struct("<4sI")
 # Writers that stream a WAV leave its data length unknown with one of these.
 _RIFF_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-# Precisions torch cannot (or should not) resample in: computed in float32.
+# Too coarse for the normalisation sums (the store keeps float16): computed in float32.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 _HINT_RECOPY = "the file is damaged or cut short; copy it again from the corpus"
@@ -77,7 +75,7 @@ def _read_with_soundfile(path: Path) -> AudioTrack | None:
     """The file's samples, or None when libsndfile does not know its format."""
     try:
         sound = sf.SoundFile(str(path))
-    except (sf.SoundFileError, RuntimeError, TypeError):
+    except (sf.SoundFileError, RuntimeError):
         return None  # not a libsndfile format (or a video container): PyAV tries
     with sound:
         stated_frames = sound.frames
@@ -253,7 +251,9 @@ def _padded_batch(logmels, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, 3, n_mels, T_max)`` in the compute dtype, and each clip's true length ``(B,)``."""
     if isinstance(logmels, torch.Tensor):
         if logmels.ndim != 4:
-            raise ValueError(f"a batch of log-mels must be (B, 3, n_mels, T), got {tuple(logmels.shape)}")
+            raise ValueError(
+                f"a batch of log-mels must be (B, 3, n_mels, T), got {tuple(logmels.shape)}"
+            )
         batch = logmels.to(_compute_dtype(logmels.dtype))
         full = torch.full((batch.shape[0],), batch.shape[-1], device=batch.device)
         frames = full if lengths is None else torch.as_tensor(lengths, device=batch.device)
@@ -276,7 +276,9 @@ def _padded_batch(logmels, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, frames
 
 
-def _normalise_per_utterance(batch: torch.Tensor, frames: torch.Tensor, min_std: float) -> torch.Tensor:
+def _normalise_per_utterance(
+    batch: torch.Tensor, frames: torch.Tensor, min_std: float
+) -> torch.Tensor:
     """Zero mean, unit std per clip and channel, over true frames only; padding set to 0."""
     valid = torch.arange(batch.shape[-1], device=batch.device) < frames[:, None]
     valid = valid[:, None, None, :].to(batch.dtype)  # (B, 1, 1, T_max)

@@ -9,7 +9,7 @@ decodes is an error.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +197,9 @@ def decode_video(path: str | Path, cfg: VideoConfig | None = None) -> VideoFrame
     with open_media(path) as container:
         if not container.streams.video:
             raise UnreadableMediaError(
-                path, "has no video stream", "give this clip no video_path to process it audio-only"
+                path,
+                "has no video stream",
+                "leave the clip's video_path empty to use it audio-only",
             )
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-parallel decoding; results are identical
@@ -238,19 +240,21 @@ def _keep_frames(container, stream, fps, cfg: VideoConfig):
     times: list[float] = []
     indices: list[int] = []
     scale = 1.0
-    for index, frame in enumerate(_decoded_frames(container, stream)):
-        if index % cfg.frame_stride:
-            continue  # still decoded (later frames depend on it), but not converted
-        width, height, scale = _output_size(frame.width, frame.height, cfg.max_side)
-        rgb = frame.reformat(
-            width=width, height=height, format=_RGB_FORMAT,
-            interpolation=_DOWNSCALE_INTERPOLATION, threads=_SCALE_THREADS,
-        )
-        frames.append(rgb.to_ndarray())
-        times.append(_frame_time(frame, index, fps))
-        indices.append(index)
-        if cfg.max_frames is not None and len(frames) >= cfg.max_frames:
-            break
+    # closing(): stopping at max_frames ends the demuxer before the container closes.
+    with closing(_decoded_frames(container, stream)) as decoded:
+        for index, frame in enumerate(decoded):
+            if index % cfg.frame_stride:
+                continue  # still decoded (later frames depend on it), but not converted
+            width, height, scale = _output_size(frame.width, frame.height, cfg.max_side)
+            rgb = frame.reformat(
+                width=width, height=height, format=_RGB_FORMAT,
+                interpolation=_DOWNSCALE_INTERPOLATION, threads=_SCALE_THREADS,
+            )
+            frames.append(rgb.to_ndarray())
+            times.append(_frame_time(frame, index, fps))
+            indices.append(index)
+            if cfg.max_frames is not None and len(frames) >= cfg.max_frames:
+                break
     return frames, times, indices, scale
 
 

@@ -84,6 +84,11 @@ _GAMMA_KERNELS = frozenset({"rbf", "laplacian", "sigmoid", "polynomial", "poly",
 _DEGREE_KERNELS = frozenset({"polynomial", "poly"})
 _COEF0_KERNELS = frozenset({"sigmoid", "polynomial", "poly"})
 
+# Smallest within-class scatter trusted, as a fraction of the total scatter:
+# the square root of float64 precision, below which the within-class scatter of
+# a kernel matrix product is indistinguishable from rounding.
+WITHIN_SCATTER_FLOOR = float(np.sqrt(np.finfo(np.float64).eps))
+
 # A class-order trend this small relative to the class means counts as a tie
 # (see _signs): the sign then comes from the largest class mean instead.
 SIGN_TIE_TOLERANCE = 1e-6
@@ -364,15 +369,16 @@ def _ridge(within, between, reg, n_samples):
     """``reg`` times the within-class scatter's trace per training point.
 
     Per point rather than per dimension, so the exact solver (n dimensions)
-    and Nyström (m) put the same ridge on the same data. Falls back to the
-    between-class scale (then to 1) when every class is a single repeated
-    point, so the right-hand matrix stays positive definite.
+    and Nyström (m) put the same ridge on the same data. The trace is floored
+    at ``WITHIN_SCATTER_FLOOR`` of the total scatter: when every class is one
+    repeated point the within-class scatter is rounding noise, and a ridge
+    scaled to that noise would blow the projections up to ~1e18. Constant data
+    (no scatter at all) gets a plain ``reg``.
     """
-    for scatter in (within, between):
-        scale = np.trace(scatter) / n_samples
-        if scale > np.finfo(np.float64).tiny:
-            return reg * scale
-    return reg
+    total = np.trace(within) + np.trace(between)
+    if total <= np.finfo(np.float64).tiny:
+        return reg
+    return reg * max(np.trace(within), WITHIN_SCATTER_FLOOR * total) / n_samples
 
 
 def _signs(projected_class_means):

@@ -52,3 +52,20 @@ class TrainConfig:
     run_name: str | None = None
     register_as: str | None = None  # registered model name; None -> by stage
     fold: int | None = None  # run a single fold of a k-fold protocol
+
+
+@dataclass
+class DataPrepConfig:
+    """Where a job's data comes from; every step is skipped when already done.
+
+    ``corpus: synthetic`` writes the synthetic corpus to ``root`` first when
+    it is missing, so a job config alone is enough for ``ray job submit``.
+    """
+
+    corpus: str = "synthetic"
+    root: str = "out/synthetic"
+    synth_clips: int = 48
+    synth_seed: int = 0
+    manifest: str = "out/synthetic.parquet"
+    store: str = "out/store-synthetic"
+    preprocess_config: str | None = "configs/preprocess_synthetic.yaml"

@@ -39,7 +39,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import Metric, Param, RunStatus, ViewType
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -199,8 +199,9 @@ def start_run(
     run_id = find_run(experiment, run_key)
     if run_id is not None:
         mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        for key, value in tags.items():
-            mlflow_client.set_tag(run_id, key, value)
+        run_tags = [RunTag(key, value) for key, value in tags.items()]
+        for batch in _chunks(run_tags, MAX_PARAMS_TAGS_PER_BATCH):
+            mlflow_client.log_batch(run_id, tags=batch)
         return run_id
     tags[RUN_KEY_TAG] = run_key
     if parent_run_id:
@@ -253,7 +254,9 @@ def log_params(run_id: str, cfg_or_dict: Any) -> dict[str, str]:
     logged = mlflow_client.get_run(run_id).data.params
     conflicts = {k: (logged[k], v) for k, v in wanted.items() if k in logged and logged[k] != v}
     if conflicts:
-        changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(conflicts.items()))
+        changes = "; ".join(
+            f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(conflicts.items())
+        )
         raise ParamConflictError(
             f"run {run_id} already has different values for {len(conflicts)} param(s): {changes}. "
             "Resume with the config the run started with, or start a new run (new run_key)."
@@ -296,7 +299,9 @@ def log_figure_file(run_id: str, path: str | Path, artifact_dir: str | None = "f
     return _artifact_path(artifact_dir, path.name)
 
 
-def log_dict(run_id: str, data: Mapping[str, Any], name: str, artifact_dir: str | None = None) -> str:
+def log_dict(
+    run_id: str, data: Mapping[str, Any], name: str, artifact_dir: str | None = None
+) -> str:
     """Store a mapping as ``name`` (``.json`` or ``.yaml``) in the run's artifacts."""
     artifact_file = _artifact_path(artifact_dir, name)
     client().log_dict(run_id, dict(data), artifact_file)

@@ -1,0 +1,172 @@
+"""The search driver: Tune the network, then KLDA, then register the best.
+
+MLflow layout: one parent run per search (keyed by the search name, so a
+resumed search logs into the same parent), one child run per trial (keyed by
+the trial's run name, so a resumed trial never makes a second child).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avser import config as configlib
+from avser.data.splits import make_splits
+from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
+from avser.models.factory import build_model, example_inputs
+from avser.platform import tracking
+from avser.platform.config import TrainConfig
+from avser.platform.experiments import label_names_of, load_store_meta, model_config_for
+from avser.platform.finalize import CANDIDATE_ALIAS, load_hybrid_features
+from avser.platform.tune import (
+    TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda,
+)
+
+CHECKPOINT_KEY = "checkpoint_path"
+
+
+@dataclass
+class SearchResult:
+    trials: pd.DataFrame
+    best_trial: str
+    network_val_ua: float
+    klda_val_ua: float
+    klda_params: dict[str, float]
+    test_metrics: dict[str, float]
+    klda_seconds_per_trial: float
+    model_version: int | None
+    parent_run_id: str
+
+    def summary(self) -> str:
+        lines = [
+            f"best trial {self.best_trial}: network head val UA {100 * self.network_val_ua:.2f}%, "
+            f"KLDA head val UA {100 * self.klda_val_ua:.2f}% "
+            f"(gamma={self.klda_params.get('gamma', float('nan')):.3g}, "
+            f"reg={self.klda_params.get('reg', float('nan')):.3g})",
+            "test (reported once, never used for selection): "
+            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.test_metrics.items()),
+        ]
+        if self.model_version is not None:
+            lines.append(f"registered avser version {self.model_version} with alias {CANDIDATE_ALIAS}")
+        return "\n".join(lines)
+
+
+def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name),
+               "finished": bool(metrics.get("done")), "epochs": metrics.get("training_iteration"),
+               "val_ua": metrics.get("final_val_ua", metrics.get("val_ua")),
+               "test_ua": metrics.get("test_ua"), "klda_val_ua": metrics.get("klda_val_ua"),
+               CHECKPOINT_KEY: metrics.get(CHECKPOINT_KEY) if metrics.get("done") else None,
+               "error": str(result.error) if result.error else None}
+        row.update({k: (result.config or {}).get(k) for k in space_keys})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("val_ua", ascending=False, na_position="last")
+
+
+def _klda_stage(tcfg: TuneConfig, base: TrainConfig, trials: pd.DataFrame, labels: list[str]):
+    finished = trials[trials["finished"] & trials[CHECKPOINT_KEY].notna()]
+    if finished.empty:
+        raise RuntimeError("no trial finished; see the trial table and the Ray logs")
+    best = None
+    for _, trial in finished.head(tcfg.klda_search.top_trials).iterrows():
+        features = load_hybrid_features(trial[CHECKPOINT_KEY])
+        study, per_trial = search_klda(features, base.klda, tcfg.klda_search, tcfg.seed, labels)
+        if best is None or study.best_value > best[1].best_value:
+            best = (trial, study, per_trial, features)
+    return best
+
+
+def _test_metrics(trial, features, klda_cfg: KLDAConfig, labels, seed) -> dict[str, float]:
+    metrics = {}
+    if trial.get("test_ua") is not None and not pd.isna(trial["test_ua"]):
+        metrics["network_test_ua"] = float(trial["test_ua"])
+    if "test_hybrid" in features:
+        head = fit_klda_head(features["train_hybrid"], features["train_labels"], klda_cfg, seed)
+        metrics["klda_test_ua"] = evaluate_head(head, features["test_hybrid"],
+                                                features["test_labels"], labels)["ua"]
+    return metrics
+
+
+def _register_best(tcfg, base, trial, params, klda_cfg, features, labels, parent_id) -> int:
+    cfg = apply_params(base, params)
+    model_cfg = model_config_for(cfg, len(labels))
+    model = build_model("fusion", model_cfg)
+    model.load_state_dict(torch.load(Path(trial[CHECKPOINT_KEY]) / "model.pt", map_location="cpu"))
+    uri = tracking.log_torch_model(parent_id, model.eval(), example_inputs("fusion", model_cfg))
+    head = fit_klda_head(features["train_hybrid"], features["train_labels"], klda_cfg, tcfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "klda_head.pkl")
+        path.write_bytes(pickle.dumps(head))
+        tracking.client().log_artifact(parent_id, str(path), "klda")
+    tags = {"parent_run_id": parent_id, "trial_id": str(trial["trial_id"]), "search": tcfg.name,
+            "klda_gamma": str(klda_cfg.gamma), "klda_reg": str(klda_cfg.reg)}
+    return tracking.register_model(uri, tcfg.register_as, alias=CANDIDATE_ALIAS, tags=tags)
+
+
+def close_unfinished_children(parent_id: str) -> int:
+    """Trials that ASHA stopped never reach their end of training: mark their
+    MLflow runs KILLED so the UI does not show them as still running."""
+    client = tracking.client()
+    experiment = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' "
+                                            "and attributes.status = 'RUNNING'")
+    for run in runs:
+        tracking.finish_run(run.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def _log_search(parent_id: str, trials: pd.DataFrame, tcfg: TuneConfig, best_params: dict) -> None:
+    from avser.platform.search_plots import log_optuna_plots
+
+    tracking.log_table(parent_id, trials.drop(columns=[CHECKPOINT_KEY]), "trials.csv")
+    tracking.log_dict(parent_id, best_params, "best_config.json")
+    log_optuna_plots(parent_id, trials, parse_space(tcfg.search_space))
+
+
+def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
+    base = configlib.load(TrainConfig, tcfg.train_config, [*tcfg.train_overrides, "stage=fusion"])
+    meta = load_store_meta(store)
+    labels = label_names_of(meta)
+    split = make_splits(meta, base.split)[base.fold or 0]
+    corpus = "+".join(sorted(meta["corpus"].unique()))
+    tags = tracking.standard_tags(base.split.protocol, corpus, tracking.data_hash(meta),
+                                  {"stage": "fusion", "search": tcfg.name})
+    parent_id = tracking.start_run(tcfg.experiment, run_key=tcfg.name, run_name=tcfg.name, tags=tags)
+    tracking.log_params(parent_id, {"tune": tcfg, "base": base})
+    job = TuneJob(base=configlib.to_dict(base), store=str(Path(store).resolve()), split=split,
+                  meta=meta, label_names=labels, name=tcfg.name,
+                  tracking={"experiment": tcfg.experiment, "tags": tags,
+                            "parent_run_id": parent_id, "register": False})
+    tuner, restored = build_tuner(tcfg, job)
+    if restored:
+        print(f"resuming search {tcfg.name} from {tcfg.storage_path}")
+    grid = tuner.fit()
+    close_unfinished_children(parent_id)
+    trials = trial_table(grid, list(tcfg.search_space))
+    trial, study, per_trial, features = _klda_stage(tcfg, base, trials, labels)
+    klda_cfg = configlib.from_dict(KLDAConfig, {**configlib.to_dict(base.klda), **study.best_params})
+    params = {k: trial[k] for k in tcfg.search_space}
+    result = SearchResult(
+        trials=trials, best_trial=str(trial["trial_id"]), network_val_ua=float(trial["val_ua"]),
+        klda_val_ua=float(study.best_value), klda_params=dict(study.best_params),
+        test_metrics=_test_metrics(trial, features, klda_cfg, labels, tcfg.seed),
+        klda_seconds_per_trial=per_trial, model_version=None, parent_run_id=parent_id,
+    )
+    _log_search(parent_id, trials, tcfg, {**params, **{f"klda.{k}": v for k, v in study.best_params.items()}})
+    tracking.log_metrics(parent_id, {"best_network_val_ua": result.network_val_ua,
+                                     "best_klda_val_ua": result.klda_val_ua,
+                                     "klda_seconds_per_trial": per_trial, **result.test_metrics}, step=0)
+    result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, features, labels, parent_id)
+    tracking.finish_run(parent_id)
+    return result
