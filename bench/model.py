@@ -4,7 +4,9 @@
 
 Times forward + backward + Adam step on random clips of the config's input
 size (the paper's batch size is 10) after a few warm-up steps, with torch's
-default thread count, and prints a markdown table for BENCHMARKS.md.
+default thread count (``--threads`` to change it), and prints a markdown
+table for BENCHMARKS.md. On a shared machine the 1-minute load average it
+prints says how much other work competed for the cores.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the paper's)")
     return parser.parse_args()
 
@@ -49,6 +54,8 @@ def time_steps(model, speech, labels, lr: float, warmup: int, steps: int) -> lis
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()[0]  # other work sharing the cores skews the timing
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = load_model_config(args.config).racnn
     model = SpeechEmotionNet.from_config(cfg).train()

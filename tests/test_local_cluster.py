@@ -59,8 +59,10 @@ def read_state(path: Path) -> dict[str, str]:
 
 
 def session_pids(sid: int) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=True).stdout
-    return {int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid}
+    """Live (not zombie) processes of session ``sid``."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True, check=True).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {int(p) for p, s, stat in rows if int(s) == sid and not stat.startswith("Z")}
 
 
 def sockets(flags: str) -> list[tuple[str, str, set[int], str]]:
@@ -112,11 +114,11 @@ class Cluster:
     def token_file(self) -> Path:
         return self.state_dir / "auth_token"
 
-    def ports(self) -> set[int]:
-        s = self.state
-        named = {int(v) for k, v in s.items() if k.endswith("_PORT") and v and "WORKER" not in k}
-        workers = set(range(int(s["WORKER_MIN_PORT"]), int(s["WORKER_MAX_PORT"]) + 1))
-        return named | workers
+    def service_ports(self) -> set[int]:
+        return {int(v) for k, v in self.state.items() if k.endswith("_PORT") and "WORKER" not in k}
+
+    def worker_ports(self) -> set[int]:
+        return set(range(int(self.state["WORKER_MIN_PORT"]), int(self.state["WORKER_MAX_PORT"]) + 1))
 
     def client_env(self) -> dict[str, str]:
         """What `platform/local-cluster up` tells a user to set."""
@@ -138,7 +140,8 @@ def cluster(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("cluster-state")
     # Short path: Ray's unix sockets live in the temp dir (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="avser-rt-", dir="/tmp"))
-    env = clean_env(AVSER_CLUSTER_DIR=str(state_dir))
+    # Jobs inherit the cluster's MLFLOW_TRACKING_URI; keep the repo's store untouched.
+    env = clean_env(AVSER_CLUSTER_DIR=str(state_dir), MLFLOW_TRACKING_URI=f"sqlite:///{state_dir}/mlflow.db")
     gcs_port, dashboard_port = free_port(), free_port()
     sid = None
     try:
@@ -193,6 +196,35 @@ def test_job_submit_succeeds(cluster):
     assert info["status"] == "SUCCEEDED"
     logs = run([RAY, "job", "logs", sub_id], env)
     assert HELLO_LINE in logs.stdout
+    # Jobs inherit the cluster's environment (set when `up` ran).
+    assert f"avser hello: mlflow={cluster.env['MLFLOW_TRACKING_URI']}" in logs.stdout
+    # The code comes from the uploaded working_dir, and the runtime env's
+    # "/data" exclude did not drop the avser.data package.
+    origin = re.search(r"avser hello: avser\.data from (\S+)", logs.stdout)
+    assert origin, logs.stdout
+    assert "working_dir_files" in origin[1] and not origin[1].startswith(str(REPO)), origin[1]
+
+
+def test_cluster_yaml_is_a_valid_launcher_config():
+    yaml = pytest.importorskip("yaml")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert set(config["available_node_types"]) == {"head", "cpu_worker", "gpu_worker"}
+    assert any("pip install" in c and "~/avser" in c for c in config["setup_commands"])
+    assert any("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"])
+
+
+def test_runtime_env_yaml_is_valid():
+    yaml = pytest.importorskip("yaml")
+    from ray.runtime_env import RuntimeEnv
+
+    spec = yaml.safe_load((REPO / "platform" / "runtime_env.yaml").read_text())
+    RuntimeEnv(**spec)
+    assert spec["working_dir"] == "."
+    assert {".venv", ".git", "/mlruns", "/ray_results", "/data", "*.parquet"} <= set(spec["excludes"])
+    assert "MLFLOW_TRACKING_URI" not in spec["env_vars"]  # inherited from the cluster, see the file
 
 
 def test_requests_without_token_are_refused(cluster, tmp_path):
@@ -216,11 +248,13 @@ def test_every_socket_is_on_loopback(cluster):
     sid = int(cluster.state["CLUSTER_SID"])
     pids = session_pids(sid)
     assert pids, "no processes found in the cluster's session"
-    ports = cluster.ports()
+    ports = cluster.service_ports() | cluster.worker_ports()
 
     listening = [s for s in sockets("-ltu") if s[2] & pids or port_of(s[0]) in ports]
     owned_ports = {port_of(local) for local, _, owners, _ in listening if owners & pids}
-    assert {cluster.gcs_port, cluster.dashboard_port} <= owned_ports, "\n".join(s[3] for s in listening)
+    # Every service port is taken by the cluster itself, and no worker strays from its range.
+    assert cluster.service_ports() <= owned_ports, "\n".join(s[3] for s in listening)
+    assert owned_ports <= ports, "\n".join(s[3] for s in listening)
     exposed = [line for local, _, _, line in listening if not LOOPBACK.match(local)]
     assert not exposed, "listening beyond loopback:\n" + "\n".join(exposed)
 
@@ -242,7 +276,7 @@ def test_status_reports_the_cluster(cluster):
 
 def test_down_leaves_nothing_listening(cluster):
     sid = int(cluster.state["CLUSTER_SID"])
-    ports = cluster.ports()
+    ports = cluster.service_ports()
     down = run([str(SCRIPT), "down"], cluster.env, timeout=90)
     assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
     assert not session_pids(sid)

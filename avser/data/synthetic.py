@@ -44,6 +44,8 @@ from avser.errors import AvserError, ConfigError
 CORPUS = "synthetic"
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised")
 CORPUS_FILE = "corpus.json"
+# The landmarks are exact, so every frame is a confident, successful detection.
+OPENFACE_CONFIDENCE = 0.98
 CLIP_NAME = re.compile(r"^(?P<speaker>spk\d+)_(?P<emotion>[a-z]+)_(?P<index>\d+)$")
 
 # Independent random streams, so that e.g. a drawing change leaves the audio untouched.
@@ -62,9 +64,9 @@ class SynthConfig:
     height: int = 240
     sample_rate: int = 16000
     # Per-clip intensity scales the distance from neutral, in both modalities.
-    intensity: tuple[float, float] = (0.35, 1.0)
+    intensity: tuple[float, float] = (0.5, 1.0)
     # Each modality is blended toward a random other emotion by up to this weight.
-    label_overlap: float = 0.45
+    label_overlap: float = 0.3
     video_crf: int = 23
     video_preset: str = "veryfast"
     audio_bitrate: int = 64000
@@ -213,7 +215,7 @@ def write_landmarks_csv(path: Path, landmarks: np.ndarray, fps: int) -> None:
     lines = [openface_header()]
     for t, points in enumerate(landmarks):
         coords = ", ".join(f"{v:.3f}" for v in np.concatenate([points[:, 0], points[:, 1]]))
-        lines.append(f"{t + 1}, 0, {t / fps:.3f}, 0.98, 1, {coords}")
+        lines.append(f"{t + 1}, 0, {t / fps:.3f}, {OPENFACE_CONFIDENCE}, 1, {coords}")
     path.write_text("\n".join(lines) + "\n")
 
 

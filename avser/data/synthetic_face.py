@@ -52,7 +52,7 @@ class FaceSynthConfig:
     speaker_expression_sd: dict[str, float] = field(default_factory=lambda: _uniform_dict(0.15))
     # Identity ranges, in face units unless said otherwise.
     face_size: tuple[float, float] = (0.2, 0.24)  # face unit in pixels, as a fraction of frame height
-    eye_line: float = 0.42  # eye height in the frame, fraction of frame height
+    eye_line: float = 0.4  # eye height in the frame, fraction of frame height
     face_length: tuple[float, float] = (1.5, 1.75)  # eye line to chin
     jaw_roundness: tuple[float, float] = (2.0, 2.8)  # superellipse exponent; larger = squarer
     forehead: tuple[float, float] = (0.95, 1.1)  # eye line to top of the head
@@ -97,6 +97,7 @@ class FaceSynthConfig:
     scale_sd: float = 0.04  # relative
     pose_wander: float = 0.5  # wander sd relative to the offset sd
     pose_smooth_s: float = 0.5
+    pose_limit_sd: float = 2.0  # pose is clipped at this many sds, keeping the face in frame
     look: FaceLook = field(default_factory=lambda: FaceLook())
 
 
@@ -157,6 +158,7 @@ MOUTH_INNER_UPPER_U = (-0.85, -0.3, 0.0, 0.3, 0.85)
 MOUTH_INNER_LOWER_U = (0.3, 0.0, -0.3)
 INNER_CORNER_U = 0.85
 CUPID_DIP = 0.3  # fraction of the upper lip dipped at the philtrum
+CUPID_WIDTH = 0.15  # of the mouth half width
 MOUTH_DEPTH = 0.35
 MOUTH_CURVE_DEPTH = 0.15
 HEAD_PIVOT = (0.0, 0.6, -0.6)  # rotation centre, inside the head
@@ -219,7 +221,7 @@ def _mouth(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray
         y = ident.mouth_line - lift * u**2 + side * gap[:, None] / 2 * opening
         thickness = lip * press * np.sqrt(np.clip(1 - u**2, 0, None))
         if side < 0 and lip > 0:
-            thickness = thickness * (1 - CUPID_DIP * np.exp(-((u / 0.15) ** 2)))
+            thickness = thickness * (1 - CUPID_DIP * np.exp(-((u / CUPID_WIDTH) ** 2)))
         z = MOUTH_DEPTH - MOUTH_CURVE_DEPTH * u**2
         return _stack(u * half_width, y + side * thickness, z, gap.size)
 
@@ -235,10 +237,9 @@ def _mouth(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray
 
 
 def _stack(x, y, z, n_frames: int) -> np.ndarray:
-    """(T, N, 3) from per-point or per-frame-per-point coordinates."""
-    parts = np.broadcast_arrays(*(np.atleast_2d(np.asarray(v, dtype=np.float64)) for v in (x, y, z)))
-    n_points = max(p.shape[1] for p in parts)
-    return np.stack([np.broadcast_to(p, (n_frames, n_points)) for p in parts], axis=-1)
+    """(T, N, 3) from coordinates given per point, or per frame and point."""
+    x, y, z = np.broadcast_arrays(*(np.atleast_2d(np.asarray(v, dtype=np.float64)) for v in (x, y, z)))
+    return np.broadcast_to(np.stack([x, y, z], axis=-1), (n_frames, x.shape[1], 3))
 
 
 def face_shape(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray], articulation: np.ndarray, blink: np.ndarray) -> np.ndarray:
@@ -298,7 +299,8 @@ def head_pose(n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Ge
     }
     smooth = cfg.pose_smooth_s * fps
     pose = {
-        name: sd * (rng.normal() + cfg.pose_wander * _wander(n_frames, smooth, rng)) for name, sd in sds.items()
+        name: sd * np.clip(rng.normal() + cfg.pose_wander * _wander(n_frames, smooth, rng), -cfg.pose_limit_sd, cfg.pose_limit_sd)
+        for name, sd in sds.items()
     }
     pose["scale"] = 1 + pose["scale"]
     return pose
@@ -369,7 +371,7 @@ class FaceLook:
     clothing_range: tuple[int, int] = (30, 220)
     background_range: tuple[int, int] = (60, 200)  # grey level
     background_tint_sd: float = 20.0
-    background_gradient: float = 40.0
+    background_gradient: float = 30.0
     background_texture_sd: float = 10.0
     background_texture_smooth_px: float = 3.0
     sensor_noise_sd: float = 4.0

@@ -28,6 +28,9 @@ PROSODY_KEYS = (
     "tremor_st",  # depth of a pitch tremor (a fear cue), semitones
 )
 
+NYQUIST_MARGIN = 0.45  # highest harmonic, as a fraction of the sample rate (no aliasing)
+MIN_SYLLABLE_LENGTH = 0.5  # shortest syllable, relative to the mean length
+
 
 def _default_prosody() -> dict[str, dict[str, float]]:
     rows = {
@@ -43,12 +46,12 @@ def _default_prosody() -> dict[str, dict[str, float]]:
 
 
 def _default_prosody_noise() -> dict[str, float]:
-    values = (0.7, 0.6, 0.8, 1.5, 0.3, 0.1, 0.04, 0.08)
+    values = (0.5, 0.5, 0.6, 1.0, 0.25, 0.08, 0.03, 0.06)
     return dict(zip(PROSODY_KEYS, values))
 
 
 def _default_speaker_prosody_sd() -> dict[str, float]:
-    values = (0.7, 0.3, 0.4, 1.5, 0.25, 0.08, 0.03, 0.04)
+    values = (0.6, 0.25, 0.3, 1.0, 0.2, 0.06, 0.02, 0.03)
     return dict(zip(PROSODY_KEYS, values))
 
 
@@ -102,7 +105,7 @@ class VoiceSynthConfig:
     breath_pole: float = 0.5  # one-pole filter; positive = dull, breathy noise
     room_noise_pole: float = 0.9  # brown-ish room rumble
     level_dbfs: float = -24.0
-    recording_gain_sd_db: float = 1.5
+    recording_gain_sd_db: float = 1.0
     snr_db: tuple[float, float] = (12.0, 30.0)
     peak_limit: float = 0.99
 
@@ -144,7 +147,7 @@ def plan_syllables(
     vowels = sorted(cfg.vowels)
     syllables = []
     while True:
-        length = max(rng.normal(1.0, cfg.syllable_length_sd), 0.5) / rate
+        length = max(rng.normal(1.0, cfg.syllable_length_sd), MIN_SYLLABLE_LENGTH) / rate
         if t + length > end:
             break
         syllables.append(
@@ -200,7 +203,7 @@ def _formant_tracks(syllables: list[Syllable], times: np.ndarray, voice: VoiceId
 
 def _harmonic_amplitudes(f0: np.ndarray, formants: np.ndarray, tilt: float, cfg: VoiceSynthConfig, sample_rate: int) -> np.ndarray:
     """(T, K) amplitude of harmonic k at each control step."""
-    top = min(cfg.max_harmonic_hz, 0.45 * sample_rate)
+    top = min(cfg.max_harmonic_hz, NYQUIST_MARGIN * sample_rate)
     k = np.arange(1, int(top / f0.min()) + 1)
     freqs = f0[:, None] * k[None, :]
     envelope = np.full(freqs.shape, cfg.formant_floor)

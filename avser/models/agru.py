@@ -32,8 +32,11 @@ class RegionAttention(nn.Module):
 
     def __init__(self, hidden: int, attention_hidden: int) -> None:
         super().__init__()
+        # No bias on the last layer: softmax ignores a shift shared by all regions.
         self.score = nn.Sequential(
-            nn.Linear(hidden, attention_hidden), nn.Tanh(), nn.Linear(attention_hidden, 1)
+            nn.Linear(hidden, attention_hidden),
+            nn.Tanh(),
+            nn.Linear(attention_hidden, 1, bias=False),
         )
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,10 @@ class AGRUs(nn.Module):
         super().__init__()
         self.regions = dict(regions)
         self.grus = nn.ModuleDict(
-            {name: nn.GRU(len(idx) * coords, hidden, batch_first=True) for name, idx in regions.items()}
+            {
+                name: nn.GRU(len(idx) * coords, hidden, batch_first=True)
+                for name, idx in regions.items()
+            }
         )
         self.attention = RegionAttention(hidden, attention_hidden) if attention else None
         self.out_features = len(regions) * hidden

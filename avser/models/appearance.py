@@ -36,7 +36,8 @@ def create_backbone(
         )
         return model, f"file:{path}"
     if allow_download:
-        return timm.create_model(model_name, pretrained=True, num_classes=0), f"download:{model_name}"
+        model = timm.create_model(model_name, pretrained=True, num_classes=0)
+        return model, f"download:{model_name}"
     return timm.create_model(model_name, pretrained=False, num_classes=0), "random"
 
 
@@ -57,7 +58,9 @@ class AppearanceCNN(nn.Module):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.backbone, self.weights_source = create_backbone(model_name, weights_file, allow_download)
+        self.backbone, self.weights_source = create_backbone(
+            model_name, weights_file, allow_download
+        )
         self.out_features = self.backbone.num_features
         if feature_dim is not None and feature_dim != self.out_features:
             raise ConfigError(
@@ -66,8 +69,9 @@ class AppearanceCNN(nn.Module):
             )
         data_cfg = self.backbone.pretrained_cfg
         # Non-persistent: derived from the model name, not learned state.
-        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        for stat in ("mean", "std"):
+            value = torch.tensor(data_cfg[stat]).view(1, -1, 1, 1)
+            self.register_buffer(stat, value, persistent=False)
         self.frozen = freeze
         if freeze:
             self.backbone.requires_grad_(False)
@@ -75,7 +79,9 @@ class AppearanceCNN(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: AppearanceConfig) -> AppearanceCNN:
-        return cls(cfg.model_name, cfg.weights_file, cfg.allow_download, cfg.freeze, cfg.feature_dim)
+        return cls(
+            cfg.model_name, cfg.weights_file, cfg.allow_download, cfg.freeze, cfg.feature_dim
+        )
 
     def train(self, mode: bool = True) -> AppearanceCNN:
         super().train(mode)

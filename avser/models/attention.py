@@ -39,17 +39,24 @@ class ConvBlock3d(nn.Module):
 
 
 class ChannelAttention3d(nn.Module):
-    """Reweights channels: gate(MLP(avgpool(x)) + MLP(maxpool(x)))."""
+    """Reweights channels: gate(MLP(avgpool(x)) + MLP(maxpool(x))).
+
+    The MLP's hidden size is ``channels // reduction`` but at least
+    ``min_hidden`` (capped at ``channels``): its inputs follow a ReLU, so they
+    are non-negative, and a 2-unit ReLU layer (32 channels / 16 in RA1) starts
+    with every unit dead about one time in four, freezing the gate at 0.5.
+    """
 
     def __init__(
         self,
         channels: int,
         reduction: int = 16,
+        min_hidden: int = 8,
         act_layer: type[nn.Module] = nn.ReLU,
         gate_layer: type[nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = min(channels, max(min_hidden, channels // reduction))
         self.fc1 = nn.Conv3d(channels, hidden, 1, bias=False)
         self.act = act_layer(inplace=True)
         self.fc2 = nn.Conv3d(hidden, channels, 1, bias=False)
@@ -83,11 +90,12 @@ class CBAM3d(nn.Module):
         channels: int,
         reduction: int = 16,
         spatial_kernel: int = 7,
+        min_hidden: int = 8,
         act_layer: type[nn.Module] = nn.ReLU,
         gate_layer: type[nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__()
-        self.channel = ChannelAttention3d(channels, reduction, act_layer, gate_layer)
+        self.channel = ChannelAttention3d(channels, reduction, min_hidden, act_layer, gate_layer)
         self.spatial = SpatialAttention3d(spatial_kernel, gate_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ class RACNNConfig:
     widths: tuple[int, int, int] = (32, 96, 288)  # Conv1+RA1, RA2, RA3
     groups: int = 8  # GroupNorm groups; must divide every width
     attention: bool = True  # CBAM in the RA blocks (off for the ablation)
-    reduction: int = 16  # channel attention: hidden = channels // reduction
+    reduction: int = 16  # channel attention: hidden = channels // reduction ...
+    attention_min_hidden: int = 8  # ... but at least this (see ChannelAttention3d)
     spatial_kernel: int = 7  # spatial attention conv kernel (cubic)
     n_classes: int = 8  # classes of the pretraining speech_head
     dropout: float = 0.3  # before the speech_head's FC

@@ -43,7 +43,8 @@ class BiGRUFusion(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.speech_proj = nn.Identity() if speech_dim == token_dim else nn.Linear(speech_dim, token_dim)
+        same = speech_dim == token_dim
+        self.speech_proj = nn.Identity() if same else nn.Linear(speech_dim, token_dim)
         self.appearance_proj = nn.Linear(appearance_dim, token_dim) if appearance_dim else None
         self.modality = nn.Embedding(2 if appearance_dim else 1, token_dim)
         self.bigru = nn.GRU(
@@ -151,7 +152,7 @@ class AudioVisualSER(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AudioVisualSER:
-        n_tokens, speech_dim = racnn_token_shape(cfg.racnn)
+        _, speech_dim = racnn_token_shape(cfg.racnn)
         fc = cfg.fusion
         appearance = AppearanceCNN.from_config(cfg.appearance) if fc.uses_appearance else None
         fusion = BiGRUFusion(
@@ -206,8 +207,13 @@ class AudioVisualSER(nn.Module):
         return geometric, weights
 
     def forward_features(
-        self, speech, faces=None, landmarks=None, visual_mask=None
+        self,
+        speech: torch.Tensor,
+        faces: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        visual_mask: torch.Tensor | None = None,
     ) -> AVFeatures:
+        """Every intermediate feature (for KLDA, attention plots, tests)."""
         mask = self._visual_mask(speech, faces, landmarks, visual_mask)
         tokens = self.racnn(speech)
         speech_appearance = self.fusion(tokens, self._appearance(faces, mask), mask)
@@ -217,6 +223,12 @@ class AudioVisualSER(nn.Module):
             hybrid = self.hybrid(speech_appearance, geometric, mask)
         return AVFeatures(tokens, speech_appearance, geometric, weights, hybrid, mask)
 
-    def forward(self, speech, faces=None, landmarks=None, visual_mask=None):
+    def forward(
+        self,
+        speech: torch.Tensor,
+        faces: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        visual_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hybrid = self.forward_features(speech, faces, landmarks, visual_mask).hybrid
         return self.head(hybrid), hybrid

@@ -19,9 +19,10 @@ Two solvers, picked by training-set size (``solver_``):
     ``A A^T`` products, so they are symmetric positive semi-definite by
     construction. The directions solve ``M alpha = lambda (N + eps I) alpha``
     with ``scipy.linalg.eigh``; ``eps = reg * trace(N) / n`` (n training
-    points) keeps the ridge in proportion to the data, not in absolute units. No matrix is
-    inverted. Cost: O(n^3) time, O(n^2) memory, and ``transform`` evaluates
-    the kernel against all n stored training points.
+    points; floored, see ``_ridge``) keeps the ridge in proportion to the
+    data, not in absolute units. No matrix is inverted. Cost: O(n^3) time,
+    O(n^2) memory, and ``transform`` evaluates the kernel against all n
+    stored training points.
 
 ``"nystroem"`` (n > ``max_exact``)
     ``sklearn.kernel_approximation.Nystroem`` maps the data to m =
@@ -39,13 +40,16 @@ Conventions shared by both solvers, so their outputs are comparable:
 
 - Projections are scaled so that the within-class variance of the training
   projections, ridge included (``alpha^T (N + eps I) alpha / (n - C)``), is 1
-  along every component. This is the usual LDA "whitened within-class"
-  scaling; the ridge term keeps it finite when the within-class scatter
-  vanishes (duplicated points, an over-narrow RBF kernel), where a
-  ridge-free normalisation would divide by zero.
+  along every component: the usual LDA "whitened within-class" scaling. The
+  plain within-class variance is therefore at most 1; it is ~1 when the
+  within-class scatter is well conditioned (linear kernel, n >> features),
+  and lower with an RBF kernel, which offers n directions for n points and
+  so can tighten each training class (the KFDA overfitting that ``reg`` and
+  ``gamma`` control: tune them on held-out data). Normalising without the ridge would
+  divide by ~0 exactly there (duplicated points, an over-narrow kernel).
 - Signs are fixed from the data, not from the eigen solver: each component
-  is flipped so that its largest (in absolute value) projected class mean is
-  positive. Repeated fits, and the two solvers, therefore agree in sign.
+  is flipped so that its projected class means increase with the class
+  order (see ``_signs``). Repeated fits, and the two solvers, agree in sign.
 - Components are ordered by decreasing discriminant ratio
   (``discriminant_ratios_``).
 
@@ -104,6 +108,8 @@ class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
     ----------
     kernel : {"rbf", "linear", "poly", "polynomial", "laplacian", "sigmoid"} or callable
         Kernel function, as understood by ``sklearn.metrics.pairwise.pairwise_kernels``.
+        A callable is called once per pair of samples (two 1-D rows) and
+        returns a float, so it is slow beyond a few hundred points.
     gamma : float, "scale", "median" or None
         Kernel width; see the module docstring for the defaults.
     n_components : int or None
@@ -191,7 +197,9 @@ class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
         if self.n_components is not None and not (
             isinstance(self.n_components, numbers.Integral) and self.n_components >= 1
         ):
-            raise ValueError(f"n_components must be None or an integer >= 1, got {self.n_components!r}")
+            raise ValueError(
+                f"n_components must be None or an integer >= 1, got {self.n_components!r}"
+            )
 
     def _capped_components(self, n_classes):
         most = n_classes - 1  # rank of the between-class scatter
@@ -215,7 +223,9 @@ class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
         if isinstance(self.gamma, str):
             return self._gamma_from_data(X)
         if not (isinstance(self.gamma, numbers.Real) and self.gamma > 0):
-            raise ValueError(f"gamma must be positive, None, 'scale' or 'median', got {self.gamma!r}")
+            raise ValueError(
+                f"gamma must be positive, None, 'scale' or 'median', got {self.gamma!r}"
+            )
         return float(self.gamma)
 
     def _gamma_from_data(self, X):
@@ -228,7 +238,9 @@ class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
             squared = euclidean_distances(X, squared=True)
             spread = np.median(squared[np.triu_indices_from(squared, k=1)])
         else:
-            raise ValueError(f"gamma must be a number, None, 'scale' or 'median', got {self.gamma!r}")
+            raise ValueError(
+                f"gamma must be a number, None, 'scale' or 'median', got {self.gamma!r}"
+            )
         # Constant data has zero spread; any width then gives the same kernel.
         return 1.0 / spread if spread > 0 else 1.0
 
@@ -284,7 +296,8 @@ class KernelLDA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
         X = validate_data(self, X, dtype=np.float64, reset=False)
         if self.solver_ == SOLVER_EXACT:
             cross = self._kernel(X, self.X_fit_)
-            return _centre_kernel(cross, self.kernel_col_means_, self.kernel_mean_) @ self.dual_coef_
+            centred = _centre_kernel(cross, self.kernel_col_means_, self.kernel_mean_)
+            return centred @ self.dual_coef_
         return (self.nystroem_.transform(X) - self.feature_mean_) @ self.scalings_
 
     @property

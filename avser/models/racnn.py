@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -129,17 +130,36 @@ class ResidualAttentionBlock(nn.Module):
         return y + self.shortcut(x, y.shape[2:])
 
 
+def ra_block(
+    specs: tuple[LayerSpec, LayerSpec],
+    in_channels: int,
+    width: int,
+    groups: int,
+    attention: nn.Module,
+) -> ResidualAttentionBlock:
+    """An RA block from its two Table I rows."""
+    convs, channels = OrderedDict(), in_channels
+    for spec in specs:
+        convs[spec.name.lower()] = ConvBlock3d(channels, width, spec.kernel, spec.stride, groups)
+        channels = width
+    stride = tuple(math.prod(s) for s in zip(*(spec.stride for spec in specs)))
+    shortcut = ResidualShortcut(in_channels, width, stride, groups)
+    return ResidualAttentionBlock(convs, attention, shortcut)
+
+
 class RACNN(nn.Module):
-    """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens."""
+    """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens.
+
+    ``attn_layer(channels)`` builds each RA block's attention (CBAM3d);
+    None turns attention off (the ablation).
+    """
 
     def __init__(
         self,
         in_channels: int = 3,
         widths: tuple[int, int, int] = (32, 96, 288),
         groups: int = 8,
-        attention: bool = True,
-        reduction: int = 16,
-        spatial_kernel: int = 7,
+        attn_layer: Callable[[int], nn.Module] | None = CBAM3d,
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
@@ -147,32 +167,24 @@ class RACNN(nn.Module):
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
         blocks, channels = [], widths[0]
         for specs, width in zip(RA_BLOCKS, widths):
-            blocks.append(
-                self._ra_block(specs, channels, width, groups, attention, reduction, spatial_kernel)
-            )
+            attention = attn_layer(width) if attn_layer else nn.Identity()
+            blocks.append(ra_block(specs, channels, width, groups, attention))
             channels = width
         self.ra1, self.ra2, self.ra3 = blocks
         self.avgpool = _pool(AVG_POOL, nn.AvgPool3d)
 
-    @staticmethod
-    def _ra_block(specs, in_channels, width, groups, attention, reduction, spatial_kernel):
-        convs, channels = OrderedDict(), in_channels
-        for spec in specs:
-            convs[spec.name.lower()] = ConvBlock3d(channels, width, spec.kernel, spec.stride, groups)
-            channels = width
-        stride = tuple(math.prod(s) for s in zip(*(spec.stride for spec in specs)))
-        return ResidualAttentionBlock(
-            convs,
-            CBAM3d(width, reduction, spatial_kernel) if attention else nn.Identity(),
-            ResidualShortcut(in_channels, width, stride, groups),
-        )
-
     @classmethod
     def from_config(cls, cfg: RACNNConfig) -> RACNN:
         racnn_layer_shapes(cfg)  # fail early, with a clear message, on a too-small input
-        return cls(
-            cfg.in_channels, cfg.widths, cfg.groups, cfg.attention, cfg.reduction, cfg.spatial_kernel
-        )
+        attn_layer = None
+        if cfg.attention:
+            attn_layer = partial(
+                CBAM3d,
+                reduction=cfg.reduction,
+                spatial_kernel=cfg.spatial_kernel,
+                min_hidden=cfg.attention_min_hidden,
+            )
+        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer)
 
     def table_i_layers(self) -> dict[str, nn.Module]:
         """Table I row name -> the module producing that row's output."""
