@@ -17,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -69,6 +70,8 @@ class SynthConfig:
     label_overlap: float = 0.3
     video_crf: int = 23
     video_preset: str = "veryfast"
+    # One encoder thread per clip: parallel generation scales over clips, not inside one.
+    video_threads: int = 1
     audio_bitrate: int = 64000
     face: FaceSynthConfig = field(default_factory=FaceSynthConfig)
     voice: VoiceSynthConfig = field(default_factory=VoiceSynthConfig)
@@ -98,10 +101,17 @@ class ClipPlan:
 def validate(cfg: SynthConfig) -> None:
     if len(cfg.emotions) < 2:
         raise ConfigError(f"SynthConfig.emotions needs at least two emotions, got {list(cfg.emotions)}")
-    for table, where in ((cfg.face.expressions, "face.expressions"), (cfg.voice.prosody, "voice.prosody")):
+    tables = (
+        (cfg.face.expressions, EXPRESSION_KEYS, "face.expressions"),
+        (cfg.voice.prosody, PROSODY_KEYS, "voice.prosody"),
+    )
+    for table, keys, where in tables:
         missing = [e for e in cfg.emotions if e not in table]
         if missing:
             raise ConfigError(f"SynthConfig.{where} has no entry for {missing}; add one per emotion")
+        for emotion in cfg.emotions:
+            if set(table[emotion]) != set(keys):
+                raise ConfigError(f"SynthConfig.{where}[{emotion!r}] must give exactly {list(keys)}")
     if cfg.width % 2 or cfg.height % 2:
         raise ConfigError(f"SynthConfig width/height must be even for yuv420p video, got {cfg.width}x{cfg.height}")
     if cfg.n_speakers < 1 or cfg.fps < 1:
@@ -134,17 +144,20 @@ def plan_clip(cfg: SynthConfig, seed: int, index: int) -> ClipPlan:
     )
 
 
-def emotion_params(
-    table: dict[str, dict[str, float]], keys: tuple[str, ...], neutral: str, emotion: str, partner: str,
-    blend: float, intensity: float, noise_sd: dict[str, float], habit: dict[str, float], rng: np.random.Generator,
+def blend_emotion(
+    table: dict[str, dict[str, float]], neutral: str, emotion: str, partner: str, blend: float, intensity: float
 ) -> dict[str, float]:
-    """One clip's parameters: the emotion blended toward a partner, scaled from neutral, perturbed."""
+    """The emotion's parameters, blended toward a partner emotion, then scaled from neutral."""
     params = {}
-    for key in keys:
+    for key, base in table[neutral].items():
         target = (1 - blend) * table[emotion][key] + blend * table[partner][key]
-        base = table[neutral][key]
-        params[key] = base + intensity * (target - base) + habit[key] + rng.normal(0, noise_sd[key])
+        params[key] = base + intensity * (target - base)
     return params
+
+
+def perturb(params: dict[str, float], habit: dict[str, float], noise_sd: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
+    """Add the speaker's habit and this clip's own scatter."""
+    return {key: value + habit[key] + rng.normal(0, noise_sd[key]) for key, value in params.items()}
 
 
 def _speaker_habit(sd: dict[str, float], keys: tuple[str, ...], rng: np.random.Generator) -> dict[str, float]:
@@ -153,7 +166,7 @@ def _speaker_habit(sd: dict[str, float], keys: tuple[str, ...], rng: np.random.G
 
 @dataclass
 class ClipMedia:
-    frames: object  # iterator of BGR uint8 frames
+    frames: Iterator[np.ndarray]  # BGR uint8, drawn lazily while encoding
     landmarks: np.ndarray  # (T, 68, 2)
     audio: np.ndarray  # float32 mono
 
@@ -170,13 +183,13 @@ def synthesize_clip(plan: ClipPlan, cfg: SynthConfig, seed: int) -> ClipMedia:
     voice_rng = np.random.default_rng([seed, VOICE_STREAM, plan.index])
     face_rng = np.random.default_rng([seed, FACE_STREAM, plan.index])
     neutral = cfg.emotions[0]
-    prosody = emotion_params(
-        cfg.voice.prosody, PROSODY_KEYS, neutral, plan.emotion, plan.voice_partner, plan.voice_blend,
-        plan.intensity, cfg.voice.prosody_noise, voice_habit, voice_rng,
+    prosody = perturb(
+        blend_emotion(cfg.voice.prosody, neutral, plan.emotion, plan.voice_partner, plan.voice_blend, plan.intensity),
+        voice_habit, cfg.voice.prosody_noise, voice_rng,
     )
-    apex = emotion_params(
-        cfg.face.expressions, EXPRESSION_KEYS, neutral, plan.emotion, plan.face_partner, plan.face_blend,
-        plan.intensity, cfg.face.expression_noise, face_habit, face_rng,
+    apex = perturb(
+        blend_emotion(cfg.face.expressions, neutral, plan.emotion, plan.face_partner, plan.face_blend, plan.intensity),
+        face_habit, cfg.face.expression_noise, face_rng,
     )
     syllables = plan_syllables(plan.duration_s, prosody, cfg.voice, voice_rng)
     audio = synthesize_voice(syllables, plan.duration_s, prosody, voice_id, cfg.voice, cfg.sample_rate, voice_rng)
@@ -192,7 +205,7 @@ def write_mp4(path: Path, media: ClipMedia, cfg: SynthConfig) -> None:
     with av.open(str(path), "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=cfg.fps)
         video.width, video.height, video.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        video.options = {"crf": str(cfg.video_crf), "preset": cfg.video_preset}
+        video.options = {"crf": str(cfg.video_crf), "preset": cfg.video_preset, "threads": str(cfg.video_threads)}
         audio = container.add_stream("aac", rate=cfg.sample_rate, layout="mono")
         audio.bit_rate = cfg.audio_bitrate
         for image in media.frames:

@@ -59,7 +59,7 @@ class LandmarkConfig:
     track: bool = True
     # dlib: a followed face is checked by re-running the detector on a crop
     # around it, resized so the face is this many pixels wide (its window is 80).
-    verify_face_px: int = 100
+    verify_face_px: int = 80
     openface_binary: str = "FeatureExtraction"
     openface_timeout_s: float = 600.0
     # A frame counts as found at or above this confidence; for dlib the

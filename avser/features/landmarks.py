@@ -38,7 +38,7 @@ BACKENDS = ("dlib", "openface-csv", "openface")
 # do), so they anchor the box a followed face is searched in.
 _RIGID_POINTS = np.arange(27, 48)
 # Verification crop: the followed box plus this fraction of its width on each side.
-_VERIFY_MARGIN = 0.25
+_VERIFY_MARGIN = 0.2
 # A followed box with less than this fraction of its area inside the frame is lost.
 _MIN_BOX_INSIDE = 0.5
 # The check's detection must overlap the followed box this much (intersection
@@ -252,7 +252,7 @@ def _match_rows(rows: _OpenFaceRows, video: FramesLike) -> np.ndarray:
     return by_frame if np.count_nonzero(by_frame >= 0) > np.count_nonzero(by_time >= 0) else by_time
 
 
-def align_rows(rows: _OpenFaceRows, video: FramesLike) -> LandmarkTrack:
+def _align_rows(rows: _OpenFaceRows, video: FramesLike) -> LandmarkTrack:
     """CSV rows -> a track with one entry per frame of ``video``, in its pixels."""
     match = _match_rows(rows, video)
     aligned = LandmarkTrack.empty(len(match))
@@ -280,7 +280,7 @@ class OpenFaceCSVBackend:
                 "no OpenFace CSV given for this clip",
                 "set landmarks_path in the manifest or use --landmarks dlib",
             )
-        return align_rows(_read_rows(csv_path), video).drop_below(self.cfg.min_confidence)
+        return _align_rows(_read_rows(csv_path), video).drop_below(self.cfg.min_confidence)
 
 
 # -------------------------------------------------------------- OpenFace binary
@@ -332,7 +332,7 @@ class OpenFaceBinaryBackend:
             raise MissingFileError(path, "video file does not exist", "check video_path in the manifest")
         with tempfile.TemporaryDirectory(prefix="avser-openface-") as out_dir:
             rows = _read_rows(self._run(path, Path(out_dir)))
-        return align_rows(rows, video).drop_below(self.cfg.min_confidence)
+        return _align_rows(rows, video).drop_below(self.cfg.min_confidence)
 
 
 # -------------------------------------------------------------------------- dlib

@@ -42,10 +42,11 @@ def create_backbone(
 
 
 class AppearanceCNN(nn.Module):
-    """(B, K, 3, S, S) face crops, floats in [0, 1] -> (B, K, feature_dim).
+    """(B, K, 3, S, S) face crops -> (B, K, feature_dim).
 
-    Crops are normalised with the backbone's own mean/std (ImageNet for the
-    paper's EfficientNet), so pretrained weights see the inputs they expect.
+    Crops arrive normalised with the backbone's ``pretrained_cfg`` mean/std
+    (ImageNet for the paper's EfficientNet; ``avser.batches.face_tensor`` does
+    it), so pretrained weights see the inputs they were trained on.
     A frozen backbone stays in eval mode so its BatchNorm statistics do not drift.
     """
 
@@ -67,11 +68,6 @@ class AppearanceCNN(nn.Module):
                 f"appearance.feature_dim={feature_dim} but {model_name} gives "
                 f"{self.out_features} features; fix feature_dim or set it to null"
             )
-        data_cfg = self.backbone.pretrained_cfg
-        # Non-persistent: derived from the model name, not learned state.
-        for stat in ("mean", "std"):
-            value = torch.tensor(data_cfg[stat]).view(1, -1, 1, 1)
-            self.register_buffer(stat, value, persistent=False)
         self.frozen = freeze
         if freeze:
             self.backbone.requires_grad_(False)
@@ -91,5 +87,4 @@ class AppearanceCNN(nn.Module):
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         batch, keyframes = faces.shape[:2]
-        images = (faces.flatten(0, 1) - self.mean) / self.std
-        return self.backbone(images).view(batch, keyframes, self.out_features)
+        return self.backbone(faces.flatten(0, 1)).view(batch, keyframes, self.out_features)

@@ -115,7 +115,7 @@ class AudioVisualSER(nn.Module):
     ``forward(speech, faces=None, landmarks=None, visual_mask=None) -> (logits, hybrid)``
 
     - speech: (B, 3, D, S, S) 3D log-mel spectrograms.
-    - faces: (B, K, 3, s, s) keyframe face crops, floats in [0, 1].
+    - faces: (B, K, 3, s, s) keyframe face crops, ImageNet-normalised floats.
     - landmarks: (B, K, 68, 2) normalised landmarks of the same keyframes.
     - visual_mask: (B,) bool, True where the clip has a face. When None it is
       all True if the visual inputs the variant needs are given, else all False.
