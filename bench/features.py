@@ -43,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--clips", type=int, default=5, help="RAVDESS clips timed (one per actor)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per method")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds per method"
+    )
     return parser.parse_args()
 
 
@@ -107,11 +109,13 @@ def main() -> None:
 
     video = decode_video(args.data / VIDEO, VideoConfig())
     cfg = LandmarkConfig()
+    every, width = cfg.redetect_every, cfg.detect_width
     backends = {
-        "naive: detect every frame, full size": DlibBackend(replace(cfg, track=False, detect_width=None)),
-        f"naive: detect every frame at {cfg.detect_width} px": DlibBackend(replace(cfg, track=False)),
-        f"ours: detect every {cfg.redetect_every} at {cfg.detect_width} px, track between": DlibBackend(cfg),
+        "naive: detect every frame, full size": replace(cfg, track=False, detect_width=None),
+        f"naive: detect every frame at {width} px": replace(cfg, track=False),
+        f"ours: detect every {every} at {width} px, track between": cfg,
     }
+    backends = {name: DlibBackend(backend_cfg) for name, backend_cfg in backends.items()}
     best, tracks = time_landmarks(video, backends, args.rounds)
     naive_name, ours_name = next(iter(backends)), list(backends)[-1]
     height, width = video.frames.shape[1:3]
@@ -124,8 +128,9 @@ def main() -> None:
               f"{track.found_fraction:.1%} | {error.mean():.2%} | {np.percentile(error, 95):.2%} |")
     speedup = best[naive_name] / best[ours_name]
     error = error_vs(tracks[naive_name], tracks[ours_name]).mean()
-    print(f"\ntargets: speed-up >= {TARGET_SPEEDUP:.0f}x ({'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}), "
-          f"mean error < {TARGET_ERROR_IOD:.0%} of IOD ({'met' if error < TARGET_ERROR_IOD else 'MISSED'}); "
+    verdict = {True: "met", False: "MISSED"}
+    print(f"\ntargets: speed-up >= {TARGET_SPEEDUP:.0f}x ({verdict[speedup >= TARGET_SPEEDUP]}), "
+          f"mean error < {TARGET_ERROR_IOD:.0%} of IOD ({verdict[error < TARGET_ERROR_IOD]}); "
           f"load average {os.getloadavg()[0]:.1f} at end")
 
 

@@ -44,7 +44,9 @@ def tilted(face_points) -> np.ndarray:
 
 
 def test_regions_partition_the_68_points_in_the_design_order():
-    assert list(REGIONS) == ["jaw", "right_brow", "left_brow", "nose", "right_eye", "left_eye", "mouth"]
+    assert list(REGIONS) == [
+        "jaw", "right_brow", "left_brow", "nose", "right_eye", "left_eye", "mouth"
+    ]
     covered = np.concatenate([np.arange(68)[part] for part in REGIONS.values()])
     np.testing.assert_array_equal(covered, np.arange(68))
     with pytest.raises(TypeError):
@@ -87,8 +89,9 @@ def test_crop_pixels_follow_the_landmarks(tilted):
 
 
 def test_margin_widens_the_crop(face_points):
-    tight = aligned_landmarks(np.zeros(FRAME_SHAPE, np.uint8), face_points, FaceConfig(margin=0.0))[1]
-    loose = aligned_landmarks(np.zeros(FRAME_SHAPE, np.uint8), face_points, FaceConfig(margin=1.0))[1]
+    frame = np.zeros(FRAME_SHAPE, np.uint8)
+    tight = aligned_landmarks(frame, face_points, FaceConfig(margin=0.0))[1]
+    loose = aligned_landmarks(frame, face_points, FaceConfig(margin=1.0))[1]
     span = lambda p: np.ptp(p, axis=0).max()  # noqa: E731
     assert span(tight) == pytest.approx(224, abs=1e-3)
     assert span(loose) < span(tight)

@@ -1,4 +1,4 @@
-"""Landmark backends: OpenFace CSV parsing and alignment, the OpenFace binary, dlib on real videos."""
+"""Landmark backends: OpenFace CSV (parse, align), the OpenFace binary, dlib on real video."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avser.errors import BackendUnavailableError, MissingFileError, NoFaceError, UnreadableMediaError
+from avser.errors import (
+    BackendUnavailableError,
+    MissingFileError,
+    NoFaceError,
+    UnreadableMediaError,
+)
 from avser.features.config import LandmarkConfig, VideoConfig
 from avser.features.landmarks import (
     N_LANDMARKS,
@@ -29,7 +34,9 @@ STRIDE = 2
 MAX_FRAMES = 90
 
 
-def fake_frames(timestamps, *, fps, scale=1.0, source_size=(640, 360), frame_indices=None) -> VideoFrames:
+def fake_frames(
+    timestamps, *, fps, scale=1.0, source_size=(640, 360), frame_indices=None
+) -> VideoFrames:
     """Frames whose pixels do not matter (CSV backends only read their times and size)."""
     timestamps = np.asarray(timestamps, dtype=np.float64)
     width, height = (round(s * scale) for s in source_size)
@@ -56,8 +63,10 @@ def write_openface_csv(path: Path, rows: list[dict], *, face_id: bool) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def csv_row(frame: int, fps: float, *, offset: float = 0.0, confidence=0.9, success=1, face_id=0) -> dict:
-    """Row ``frame`` (1-based) with points whose x encodes the frame: x_i = 100 * frame + i + offset."""
+def csv_row(
+    frame: int, fps: float, *, offset: float = 0.0, confidence=0.9, success=1, face_id=0
+) -> dict:
+    """Row ``frame`` (1-based); its x encode the frame: x_i = 100 * frame + i + offset."""
     return {
         "frame": frame, "face_id": face_id, "timestamp": round((frame - 1) / fps, 6),
         "confidence": confidence, "success": success,
@@ -81,7 +90,7 @@ def test_track_helpers_count_found_frames_and_drop_low_confidence():
 
 
 def test_require_face_names_the_file_and_frame_count():
-    with pytest.raises(NoFaceError, match=r"no face found in any of 5 frames of clip\.mp4") as info:
+    with pytest.raises(NoFaceError, match=r"^clip\.mp4: no face found in any of 5 frames") as info:
         require_face(LandmarkTrack.empty(5), "clip.mp4")
     assert info.value.reason == "no_face" and info.value.path == "clip.mp4"
 
@@ -187,7 +196,9 @@ def test_openface_binary_runs_and_its_csv_is_read(monkeypatch, tmp_path, shared_
     binary.parent.mkdir()
     binary.write_text(
         "#!/bin/sh\n"
-        'while [ $# -gt 0 ]; do case "$1" in -f) f="$2"; shift;; -out_dir) o="$2"; shift;; esac; shift; done\n'
+        'while [ $# -gt 0 ]; do case "$1" in\n'
+        '  -f) f="$2"; shift;; -out_dir) o="$2"; shift;;\n'
+        "esac; shift; done\n"
         f'name=$(basename "$f"); cp "{source}" "$o/${{name%.*}}.csv"\n'
     )
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
@@ -215,7 +226,8 @@ def dlib_backend() -> DlibBackend:
 
 
 def decode(shared_data: Path, name: str) -> VideoFrames:
-    return decode_video(shared_data / "face-videos" / name, VideoConfig(frame_stride=STRIDE, max_frames=MAX_FRAMES))
+    cfg = VideoConfig(frame_stride=STRIDE, max_frames=MAX_FRAMES)
+    return decode_video(shared_data / "face-videos" / name, cfg)
 
 
 def test_dlib_finds_the_face_in_nearly_every_frame(shared_data, dlib_backend):
@@ -225,8 +237,9 @@ def test_dlib_finds_the_face_in_nearly_every_frame(shared_data, dlib_backend):
     assert track.points.shape == (len(video), 68, 2)
     found = track.points[track.success]
     height, width = video.frames.shape[1:3]
-    assert np.all((found[..., 0] >= 0) & (found[..., 0] < width) & (found[..., 1] >= 0) & (found[..., 1] < height))
-    assert np.all((track.confidence[track.success] >= 0.5) & (track.confidence[track.success] <= 1.0))
+    assert np.all((found >= 0) & (found < np.array([width, height])))
+    confidence = track.confidence[track.success]
+    assert np.all((confidence >= 0.5) & (confidence <= 1.0))
 
 
 def test_dlib_detects_rarely_and_agrees_with_per_frame_detection(shared_data, dlib_backend):

@@ -69,7 +69,8 @@ def test_writes_media_landmarks_and_corpus_json(corpus):
     root, clips = corpus
     assert len(clips) == N_CLIPS
     names = {p.name for p in root.iterdir()}
-    assert names == {CORPUS_FILE} | {f"{c.clip_id}.mp4" for c in clips} | {f"{c.clip_id}.csv" for c in clips}
+    media = {f"{c.clip_id}{suffix}" for c in clips for suffix in (".mp4", ".csv")}
+    assert names == {CORPUS_FILE} | media
     meta = _meta(root)
     assert meta["seed"] == 0 and meta["emotions"] == list(EMOTIONS)
     assert [c["clip_id"] for c in meta["clips"]] == [c.clip_id for c in clips]
@@ -118,9 +119,10 @@ def test_landmark_csv_is_openface_feature_extraction_format(corpus):
     root, clips = corpus
     cfg, n_frames = SynthConfig(), _n_frames(root)
     for clip in clips:
-        text = Path(clip.landmarks_path).read_text()
-        assert text.splitlines()[0] == openface_header()
-        assert text.splitlines()[0].startswith("frame, face_id, timestamp, confidence, success, x_0, x_1")
+        header = Path(clip.landmarks_path).read_text().splitlines()[0]
+        assert header == openface_header()
+        assert header.startswith("frame, face_id, timestamp, confidence, success, x_0, x_1")
+        assert header.endswith("y_66, y_67")
         table = pd.read_csv(clip.landmarks_path, skipinitialspace=True)
         assert len(table) == n_frames[clip.clip_id]
         assert table["frame"].tolist() == list(range(1, len(table) + 1))
@@ -138,7 +140,7 @@ def test_landmarks_follow_the_ibug_68_layout(corpus):
         p = np.median(read_landmarks(clip.landmarks_path), axis=0)
         x, y = p[:, 0], p[:, 1]
         assert x[0] < x[8] < x[16]  # jaw runs from the image left over the chin to the right
-        assert y[8] == y[:17].max()  # the chin is the lowest jaw point
+        assert y[8] > max(y[0], y[3], y[13], y[16])  # the chin is below the jaw's sides
         assert x[36:42].mean() < x[27] < x[42:48].mean()  # right eye on the image left
         assert y[17:27].mean() < y[36:48].mean() < y[30] < y[48:68].mean() < y[8]
         assert x[48] < x[51] < x[54] and y[51] < y[57]  # mouth corners, upper and lower lip
@@ -179,12 +181,13 @@ def test_same_seed_same_corpus_other_seed_another(corpus, tmp_path):
     again = generate_corpus(tmp_path / "again", 2, seed=0, progress=False)
     other = generate_corpus(tmp_path / "other", 2, seed=1, progress=False)
     for first, second, third in zip(clips[:2], again, other):
-        assert (first.clip_id, first.label, first.speaker) == (second.clip_id, second.label, second.speaker)
-        assert Path(first.landmarks_path).read_bytes() == Path(second.landmarks_path).read_bytes()
-        np.testing.assert_allclose(decode_audio(first.audio_path)[0], decode_audio(second.audio_path)[0], atol=1e-5)
-        assert Path(first.landmarks_path).read_bytes() != Path(third.landmarks_path).read_bytes()
-        a, c = decode_audio(first.audio_path)[0], decode_audio(third.audio_path)[0]
-        assert a.size != c.size or not np.allclose(a, c, atol=1e-3)
+        facts = [(c.clip_id, c.label, c.speaker, c.extra) for c in (first, second)]
+        assert facts[0] == facts[1]
+        landmarks = [Path(c.landmarks_path).read_bytes() for c in (first, second, third)]
+        audio = [decode_audio(c.audio_path)[0] for c in (first, second, third)]
+        assert landmarks[0] == landmarks[1] and landmarks[0] != landmarks[2]
+        np.testing.assert_allclose(audio[0], audio[1], atol=1e-5)
+        assert audio[0].size != audio[2].size or not np.allclose(audio[0], audio[2], atol=1e-3)
     assert _meta(root)["clips"][:2] == _meta(tmp_path / "again")["clips"]
 
 
@@ -214,6 +217,7 @@ def test_config_round_trips_through_plain_dicts():
         (SynthConfig(width=321), "even"),
         (SynthConfig(emotions=("neutral", "bored")), "bored"),
         (SynthConfig(emotions=("neutral",)), "at least two"),
+        (SynthConfig(label_overlap=0.5), "label_overlap"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, cfg, message):
@@ -243,7 +247,9 @@ def test_scan_reports_unknown_files(corpus, tmp_path):
     result = scan_synthetic(tmp_path)
     assert [c.clip_id for c in result.clips] == [clips[0].clip_id]
     reasons = {Path(p.path).name: p.reason for p in result.problems}
-    assert set(reasons) == {"notes.txt", "spk01_bored_00099.mp4", f"{clips[1].clip_id}.csv", CORPUS_FILE}
+    orphan = f"{clips[1].clip_id}.csv"
+    assert set(reasons) == {"notes.txt", "spk01_bored_00099.mp4", orphan, CORPUS_FILE}
+    assert "without a video" in reasons[orphan]
     assert "unknown emotion" in reasons["spk01_bored_00099.mp4"]
 
 
@@ -254,14 +260,14 @@ def test_scan_of_a_missing_folder_says_how_to_make_one(tmp_path):
 
 # ------------------------------------------------------------------ learnability
 
-N_LEARN = 84  # 14 clips per emotion, 14 speakers' worth of blocks over 8 speakers
+N_LEARN = 72  # 12 clips per emotion from 8 speakers
 CHANCE = 1 / len(EMOTIONS)
 FUSION_GAIN = 0.03  # both modalities together beat the better one by at least this
 
 
 def audio_features(x: np.ndarray, sample_rate: int) -> np.ndarray:
     """Energy, pitch, voicing, brightness and tempo statistics of one utterance."""
-    frame, hop, n_fft = sample_rate // 25, sample_rate // 100, 2048
+    frame, hop, n_fft = sample_rate // 25, sample_rate // 100, 2048  # 40 ms frames, 10 ms hop
     n = 1 + (x.size - frame) // hop
     frames = x[np.arange(frame)[None, :] + hop * np.arange(n)[:, None]] * np.hanning(frame)
     energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
@@ -276,14 +282,15 @@ def audio_features(x: np.ndarray, sample_rate: int) -> np.ndarray:
     semitones = 12 * np.log2(sample_rate / lag[pitched] / 100.0)
     slope = np.polyfit(np.flatnonzero(pitched) / n, semitones, 1)[0]
     freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
-    low_band, high_band = power[voiced][:, freqs < 1000].sum(), power[voiced][:, (freqs > 1000) & (freqs < 4000)].sum()
+    bass = power[voiced][:, freqs < 1000].sum()
+    treble = power[voiced][:, (freqs > 1000) & (freqs < 4000)].sum()
     smooth = np.convolve(energy, np.ones(5) / 5, mode="same")
-    peaks = np.flatnonzero((smooth[1:-1] > smooth[:-2]) & (smooth[1:-1] >= smooth[2:]) & voiced[1:-1])
+    is_peak = (smooth[1:-1] > smooth[:-2]) & (smooth[1:-1] >= smooth[2:]) & voiced[1:-1]
     return np.array([
         energy[voiced].mean(), energy[voiced].std(), np.percentile(energy, 95),
         np.median(semitones), semitones.std(), np.ptp(np.percentile(semitones, [10, 90])), slope,
         np.abs(np.diff(semitones)).mean(), harmonicity[voiced].mean(), voiced.mean(),
-        peaks.size / (x.size / sample_rate), 10 * np.log10(high_band / low_band),
+        is_peak.sum() / (x.size / sample_rate), 10 * np.log10(treble / bass),
     ])
 
 
@@ -292,7 +299,8 @@ def video_features(points: np.ndarray) -> np.ndarray:
     right_eye, left_eye = points[:, 36:42].mean(1), points[:, 42:48].mean(1)
     across = left_eye - right_eye
     angle = -np.arctan2(across[:, 1], across[:, 0])
-    rotation = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1), np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
     centred = points - (right_eye + left_eye)[:, None] / 2
     q = np.einsum("tij,tnj->tni", rotation, centred) / np.linalg.norm(across, axis=1)[:, None, None]
     x, y = q[..., 0], q[..., 1]
@@ -321,12 +329,12 @@ def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
     return float(cross_val_score(model, features, labels, cv=folds).mean())
 
 
-@pytest.mark.slow
 def test_emotion_is_learnable_from_each_modality_and_better_from_both(corpus, tmp_path):
     cfg, (small, _) = SynthConfig(), corpus
     shutil.copytree(small, tmp_path / "learn")  # a rerun keeps these and adds the rest
     clips = generate_corpus(tmp_path / "learn", N_LEARN, seed=0, progress=False)
-    audio = np.array([audio_features(decode_audio(c.audio_path)[0], cfg.sample_rate) for c in clips])
+    samples = [decode_audio(c.audio_path)[0] for c in clips]
+    audio = np.array([audio_features(x, cfg.sample_rate) for x in samples])
     video = np.array([video_features(read_landmarks(c.landmarks_path)) for c in clips])
     labels = np.array([c.label for c in clips])
     accuracy = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -48,6 +48,11 @@ CORPUS_FILE = "corpus.json"
 # The landmarks are exact, so every frame is a confident, successful detection.
 OPENFACE_CONFIDENCE = 0.98
 CLIP_NAME = re.compile(r"^(?P<speaker>spk\d+)_(?P<emotion>[a-z]+)_(?P<index>\d+)$")
+NOT_A_CLIP = "not a synthetic corpus file (expected spkNN_<emotion>_NNNNN.mp4 or .csv)"
+# A blend weight of one half makes the partner emotion as strong as the labelled one.
+MAX_OVERLAP = 0.5
+# Per-clip facts copied into the manifest's ``extra``.
+EXTRA_FIELDS = ("intensity", "duration_s")
 
 # Independent random streams, so that e.g. a drawing change leaves the audio untouched.
 PLAN_STREAM, SPEAKER_STREAM, FACE_STREAM, VOICE_STREAM = range(4)
@@ -94,13 +99,19 @@ class ClipPlan:
     voice_blend: float
 
     @property
+    def speaker_id(self) -> str:
+        return f"spk{self.speaker:02d}"
+
+    @property
     def clip_id(self) -> str:
-        return f"spk{self.speaker:02d}_{self.emotion}_{self.index:05d}"
+        return f"{self.speaker_id}_{self.emotion}_{self.index:05d}"
 
 
 def validate(cfg: SynthConfig) -> None:
     if len(cfg.emotions) < 2:
-        raise ConfigError(f"SynthConfig.emotions needs at least two emotions, got {list(cfg.emotions)}")
+        raise ConfigError(
+            f"SynthConfig.emotions needs at least two emotions, got {list(cfg.emotions)}"
+        )
     tables = (
         (cfg.face.expressions, EXPRESSION_KEYS, "face.expressions"),
         (cfg.voice.prosody, PROSODY_KEYS, "voice.prosody"),
@@ -108,14 +119,26 @@ def validate(cfg: SynthConfig) -> None:
     for table, keys, where in tables:
         missing = [e for e in cfg.emotions if e not in table]
         if missing:
-            raise ConfigError(f"SynthConfig.{where} has no entry for {missing}; add one per emotion")
+            raise ConfigError(
+                f"SynthConfig.{where} has no entry for {missing}; add one per emotion"
+            )
         for emotion in cfg.emotions:
             if set(table[emotion]) != set(keys):
-                raise ConfigError(f"SynthConfig.{where}[{emotion!r}] must give exactly {list(keys)}")
+                raise ConfigError(
+                    f"SynthConfig.{where}[{emotion!r}] must give exactly {list(keys)}"
+                )
     if cfg.width % 2 or cfg.height % 2:
-        raise ConfigError(f"SynthConfig width/height must be even for yuv420p video, got {cfg.width}x{cfg.height}")
+        raise ConfigError(
+            "SynthConfig width and height must be even for yuv420p video, "
+            f"got {cfg.width}x{cfg.height}"
+        )
     if cfg.n_speakers < 1 or cfg.fps < 1:
         raise ConfigError("SynthConfig.n_speakers and fps must be positive")
+    if not 0 <= cfg.label_overlap < MAX_OVERLAP:
+        raise ConfigError(
+            f"SynthConfig.label_overlap must be in [0, {MAX_OVERLAP}), got {cfg.label_overlap}: "
+            "from there on a clip shows its partner emotion more than its own"
+        )
 
 
 def plan_clip(cfg: SynthConfig, seed: int, index: int) -> ClipPlan:
@@ -145,7 +168,8 @@ def plan_clip(cfg: SynthConfig, seed: int, index: int) -> ClipPlan:
 
 
 def blend_emotion(
-    table: dict[str, dict[str, float]], neutral: str, emotion: str, partner: str, blend: float, intensity: float
+    table: dict[str, dict[str, float]], neutral: str, emotion: str, partner: str,
+    blend: float, intensity: float,
 ) -> dict[str, float]:
     """The emotion's parameters, blended toward a partner emotion, then scaled from neutral."""
     params = {}
@@ -155,12 +179,17 @@ def blend_emotion(
     return params
 
 
-def perturb(params: dict[str, float], habit: dict[str, float], noise_sd: dict[str, float], rng: np.random.Generator) -> dict[str, float]:
+def perturb(
+    params: dict[str, float], habit: dict[str, float], noise_sd: dict[str, float],
+    rng: np.random.Generator,
+) -> dict[str, float]:
     """Add the speaker's habit and this clip's own scatter."""
     return {key: value + habit[key] + rng.normal(0, noise_sd[key]) for key, value in params.items()}
 
 
-def _speaker_habit(sd: dict[str, float], keys: tuple[str, ...], rng: np.random.Generator) -> dict[str, float]:
+def _speaker_habit(
+    sd: dict[str, float], keys: tuple[str, ...], rng: np.random.Generator
+) -> dict[str, float]:
     return {key: float(rng.normal(0, sd[key])) for key in keys}
 
 
@@ -183,17 +212,22 @@ def synthesize_clip(plan: ClipPlan, cfg: SynthConfig, seed: int) -> ClipMedia:
     voice_rng = np.random.default_rng([seed, VOICE_STREAM, plan.index])
     face_rng = np.random.default_rng([seed, FACE_STREAM, plan.index])
     neutral = cfg.emotions[0]
-    prosody = perturb(
-        blend_emotion(cfg.voice.prosody, neutral, plan.emotion, plan.voice_partner, plan.voice_blend, plan.intensity),
-        voice_habit, cfg.voice.prosody_noise, voice_rng,
+    emotion, intensity = plan.emotion, plan.intensity
+    prosody = blend_emotion(
+        cfg.voice.prosody, neutral, emotion, plan.voice_partner, plan.voice_blend, intensity
     )
-    apex = perturb(
-        blend_emotion(cfg.face.expressions, neutral, plan.emotion, plan.face_partner, plan.face_blend, plan.intensity),
-        face_habit, cfg.face.expression_noise, face_rng,
+    prosody = perturb(prosody, voice_habit, cfg.voice.prosody_noise, voice_rng)
+    apex = blend_emotion(
+        cfg.face.expressions, neutral, emotion, plan.face_partner, plan.face_blend, intensity
     )
+    apex = perturb(apex, face_habit, cfg.face.expression_noise, face_rng)
+
     syllables = plan_syllables(plan.duration_s, prosody, cfg.voice, voice_rng)
-    audio = synthesize_voice(syllables, plan.duration_s, prosody, voice_id, cfg.voice, cfg.sample_rate, voice_rng)
-    articulation = syllable_envelope(syllables, np.arange(plan.n_frames) / cfg.fps, cfg.voice.syllable_shape)
+    audio = synthesize_voice(
+        syllables, plan.duration_s, prosody, voice_id, cfg.voice, cfg.sample_rate, voice_rng
+    )
+    frame_times = np.arange(plan.n_frames) / cfg.fps
+    articulation = syllable_envelope(syllables, frame_times, cfg.voice.syllable_shape)
     frame_size = (cfg.width, cfg.height)
     track = face_track(face_id, apex, articulation, cfg.face, cfg.fps, frame_size, face_rng)
     frames = render_frames(track, face_id, cfg.face.look, frame_size, face_rng)
@@ -205,7 +239,11 @@ def write_mp4(path: Path, media: ClipMedia, cfg: SynthConfig) -> None:
     with av.open(str(path), "w", format="mp4") as container:
         video = container.add_stream("libx264", rate=cfg.fps)
         video.width, video.height, video.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        video.options = {"crf": str(cfg.video_crf), "preset": cfg.video_preset, "threads": str(cfg.video_threads)}
+        video.options = {
+            "crf": str(cfg.video_crf),
+            "preset": cfg.video_preset,
+            "threads": str(cfg.video_threads),
+        }
         audio = container.add_stream("aac", rate=cfg.sample_rate, layout="mono")
         audio.bit_rate = cfg.audio_bitrate
         for image in media.frames:
@@ -235,11 +273,25 @@ def write_landmarks_csv(path: Path, landmarks: np.ndarray, fps: int) -> None:
 def _clip_record(out: Path, plan: ClipPlan) -> Clip:
     mp4 = str(out / f"{plan.clip_id}.mp4")
     return Clip(
-        clip_id=plan.clip_id, corpus=CORPUS, speaker=f"spk{plan.speaker:02d}", label=plan.label,
-        label_name=plan.emotion, audio_path=mp4, video_path=mp4,
+        clip_id=plan.clip_id,
+        corpus=CORPUS,
+        speaker=plan.speaker_id,
+        label=plan.label,
+        label_name=plan.emotion,
+        audio_path=mp4,
+        video_path=mp4,
         landmarks_path=str(out / f"{plan.clip_id}.csv"),
-        extra={"intensity": plan.intensity, "duration_s": plan.duration_s},
+        extra={key: getattr(plan, key) for key in EXTRA_FIELDS},
     )
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AvserError(
+            f"{path} is not valid JSON ({exc}); delete it and generate the corpus again"
+        ) from exc
 
 
 def _check_existing(out: Path, cfg: SynthConfig, seed: int) -> None:
@@ -247,7 +299,7 @@ def _check_existing(out: Path, cfg: SynthConfig, seed: int) -> None:
     path = out / CORPUS_FILE
     if not path.is_file():
         return
-    meta = json.loads(path.read_text())
+    meta = _read_meta(path)
     if meta.get("seed") != seed or meta.get("config_hash") != config_hash(cfg):
         raise AvserError(
             f"{path} describes a corpus made with another seed or config; "
@@ -256,7 +308,11 @@ def _check_existing(out: Path, cfg: SynthConfig, seed: int) -> None:
 
 
 def generate_corpus(
-    out_dir: str | Path, n_clips: int, seed: int = 0, cfg: SynthConfig | None = None, progress: bool = True
+    out_dir: str | Path,
+    n_clips: int,
+    seed: int = 0,
+    cfg: SynthConfig | None = None,
+    progress: bool = True,
 ) -> list[Clip]:
     """Write ``n_clips`` clips (mp4 + landmark csv) and ``corpus.json`` into ``out_dir``.
 
@@ -270,18 +326,23 @@ def generate_corpus(
     _check_existing(out, cfg, seed)
     plans = [plan_clip(cfg, seed, index) for index in range(n_clips)]
     for plan in tqdm(plans, desc="synthetic corpus", unit="clip", disable=not progress):
-        mp4, csv = out / f"{plan.clip_id}.mp4", out / f"{plan.clip_id}.csv"
-        if mp4.is_file() and csv.is_file():
-            continue
-        media = synthesize_clip(plan, cfg, seed)
-        partial = out / f"{plan.clip_id}.partial.mp4"
-        write_mp4(partial, media, cfg)
-        partial.replace(mp4)
-        partial = out / f"{plan.clip_id}.partial.csv"
-        write_landmarks_csv(partial, media.landmarks, cfg.fps)
-        partial.replace(csv)
+        _write_clip(out, plan, cfg, seed)
     _write_corpus_json(out, cfg, seed, plans)
     return [_clip_record(out, plan) for plan in plans]
+
+
+def _write_clip(out: Path, plan: ClipPlan, cfg: SynthConfig, seed: int) -> None:
+    """Both files of one clip, each written under a temporary name then renamed."""
+    mp4, csv = out / f"{plan.clip_id}.mp4", out / f"{plan.clip_id}.csv"
+    if mp4.is_file() and csv.is_file():
+        return
+    media = synthesize_clip(plan, cfg, seed)
+    partial = out / f"{plan.clip_id}.partial.mp4"
+    write_mp4(partial, media, cfg)
+    partial.replace(mp4)
+    partial = out / f"{plan.clip_id}.partial.csv"
+    write_landmarks_csv(partial, media.landmarks, cfg.fps)
+    partial.replace(csv)
 
 
 def _write_corpus_json(out: Path, cfg: SynthConfig, seed: int, plans: list[ClipPlan]) -> None:
@@ -291,15 +352,11 @@ def _write_corpus_json(out: Path, cfg: SynthConfig, seed: int, plans: list[ClipP
         "emotions": list(cfg.emotions),
         "config_hash": config_hash(cfg),
         "config": to_dict(cfg),
-        "clips": [
-            {"clip_id": p.clip_id, "speaker": f"spk{p.speaker:02d}", "label": p.label, "label_name": p.emotion,
-             "intensity": p.intensity, "duration_s": p.duration_s, "n_frames": p.n_frames,
-             "face_partner": p.face_partner, "face_blend": p.face_blend,
-             "voice_partner": p.voice_partner, "voice_blend": p.voice_blend}
-            for p in plans
-        ],
+        "clips": [{"clip_id": p.clip_id, **asdict(p), "speaker": p.speaker_id} for p in plans],
     }
-    (out / CORPUS_FILE).write_text(json.dumps(meta, indent=1))
+    partial = out / f"{CORPUS_FILE}.partial"
+    partial.write_text(json.dumps(meta, indent=1))
+    partial.replace(out / CORPUS_FILE)
 
 
 def scan_synthetic(root: str | Path) -> ScanResult:
@@ -311,7 +368,7 @@ def scan_synthetic(root: str | Path) -> ScanResult:
             "make one with avser.data.synthetic.generate_corpus(out_dir, n_clips)"
         )
     meta_path = root / CORPUS_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = _read_meta(meta_path) if meta_path.is_file() else {}
     emotions = list(meta.get("emotions", EMOTIONS))
     details = {c["clip_id"]: c for c in meta.get("clips", [])}
     entries = sorted(p for p in root.iterdir() if p != meta_path)
@@ -320,23 +377,34 @@ def scan_synthetic(root: str | Path) -> ScanResult:
     for path in entries:
         match = CLIP_NAME.match(path.stem)
         if not path.is_file() or path.suffix not in (".mp4", ".csv") or match is None:
-            problems.append(ScanProblem(str(path), "not a synthetic corpus file (expected spkNN_<emotion>_NNNNN.mp4/.csv)"))
+            problems.append(ScanProblem(str(path), NOT_A_CLIP))
         elif match["emotion"] not in emotions:
-            problems.append(ScanProblem(str(path), f"unknown emotion {match['emotion']!r}; expected one of {emotions}"))
+            reason = f"unknown emotion {match['emotion']!r}; expected one of {emotions}"
+            problems.append(ScanProblem(str(path), reason))
         elif path.suffix == ".csv" and path.stem not in stems:
-            problems.append(ScanProblem(str(path), "landmarks without a video; regenerate the corpus"))
+            reason = "landmarks without a video; generate the corpus again"
+            problems.append(ScanProblem(str(path), reason))
         elif path.suffix == ".mp4":
-            clips.append(_scanned_clip(root, path, match, emotions, details.get(path.stem, {})))
+            detail = details.get(path.stem, {})
+            clips.append(_scanned_clip(root, path, match, emotions, detail))
     if not meta_path.is_file():
-        problems.append(ScanProblem(str(meta_path), "missing; emotion list assumed to be the default"))
+        reason = "missing; the default emotion list is assumed"
+        problems.append(ScanProblem(str(meta_path), reason))
     return ScanResult(clips=clips, problems=problems, labels=emotions)
 
 
-def _scanned_clip(root: Path, path: Path, match: re.Match, emotions: list[str], detail: dict) -> Clip:
+def _scanned_clip(
+    root: Path, path: Path, match: re.Match, emotions: list[str], detail: dict
+) -> Clip:
     csv = root / f"{path.stem}.csv"
-    extra = {k: detail[k] for k in ("intensity", "duration_s") if k in detail}
     return Clip(
-        clip_id=path.stem, corpus=CORPUS, speaker=match["speaker"], label=emotions.index(match["emotion"]),
-        label_name=match["emotion"], audio_path=str(path), video_path=str(path),
-        landmarks_path=str(csv) if csv.is_file() else None, extra=extra,
+        clip_id=path.stem,
+        corpus=CORPUS,
+        speaker=match["speaker"],
+        label=emotions.index(match["emotion"]),
+        label_name=match["emotion"],
+        audio_path=str(path),
+        video_path=str(path),
+        landmarks_path=str(csv) if csv.is_file() else None,
+        extra={key: detail[key] for key in EXTRA_FIELDS if key in detail},
     )

@@ -12,6 +12,7 @@ is made from exactly those points.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -51,7 +52,7 @@ class FaceSynthConfig:
     expression_noise: dict[str, float] = field(default_factory=lambda: _uniform_dict(0.25))
     speaker_expression_sd: dict[str, float] = field(default_factory=lambda: _uniform_dict(0.15))
     # Identity ranges, in face units unless said otherwise.
-    face_size: tuple[float, float] = (0.2, 0.24)  # face unit in pixels, as a fraction of frame height
+    face_size: tuple[float, float] = (0.2, 0.24)  # one face unit, as a fraction of frame height
     eye_line: float = 0.4  # eye height in the frame, fraction of frame height
     face_length: tuple[float, float] = (1.5, 1.75)  # eye line to chin
     jaw_roundness: tuple[float, float] = (2.0, 2.8)  # superellipse exponent; larger = squarer
@@ -163,6 +164,7 @@ MOUTH_DEPTH = 0.35
 MOUTH_CURVE_DEPTH = 0.15
 HEAD_PIVOT = (0.0, 0.6, -0.6)  # rotation centre, inside the head
 OUTLINE_POINTS = 15
+LANDMARK_DECIMALS = 3
 
 
 def _jaw(ident: FaceIdentity, drop: np.ndarray) -> np.ndarray:
@@ -175,7 +177,9 @@ def _jaw(ident: FaceIdentity, drop: np.ndarray) -> np.ndarray:
     return _stack(x, y, z, drop.size)
 
 
-def _brows(ident: FaceIdentity, cfg: FaceSynthConfig, raise_: np.ndarray, inner: np.ndarray) -> np.ndarray:
+def _brows(
+    ident: FaceIdentity, cfg: FaceSynthConfig, raise_: np.ndarray, inner: np.ndarray
+) -> np.ndarray:
     u = np.linspace(0, 1, 5)  # outer -> inner end
     reach = ident.eye_spacing + BROW_OUTER_REACH - (BROW_OUTER_REACH + BROW_INNER_REACH) * u
     furrow = np.maximum(-inner, 0)[:, None]
@@ -190,12 +194,15 @@ def _brows(ident: FaceIdentity, cfg: FaceSynthConfig, raise_: np.ndarray, inner:
     return np.concatenate([right, left], axis=1)
 
 
-def _eyes(ident: FaceIdentity, cfg: FaceSynthConfig, eye_open: np.ndarray, blink: np.ndarray) -> np.ndarray:
+def _eyes(
+    ident: FaceIdentity, cfg: FaceSynthConfig, eye_open: np.ndarray, blink: np.ndarray
+) -> np.ndarray:
     upper = np.maximum(1 + cfg.eye_open_gain * eye_open, cfg.min_eye_open) * (1 - blink)
     lower = np.maximum(1 + cfg.lower_lid_gain * eye_open, cfg.min_eye_open)
     # Image order for both eyes: left corner, upper lid x2, right corner, lower lid x2.
     dx = np.array([-1, -EYE_LID_X, EYE_LID_X, 1, EYE_LID_X, -EYE_LID_X]) * ident.eye_half_width
-    up, low = -ident.eye_half_height * upper[:, None], ident.eye_half_height * LOWER_LID_RATIO * lower[:, None]
+    up = -ident.eye_half_height * upper[:, None]
+    low = ident.eye_half_height * LOWER_LID_RATIO * lower[:, None]
     zero = np.zeros_like(up)
     dy = np.concatenate([zero, up, up, zero, low, low], axis=1)
     eyes = [_stack(side * ident.eye_spacing + dx, dy, EYE_DEPTH, eye_open.size) for side in (-1, 1)]
@@ -204,13 +211,17 @@ def _eyes(ident: FaceIdentity, cfg: FaceSynthConfig, eye_open: np.ndarray, blink
 
 def _nose(ident: FaceIdentity, n_frames: int) -> np.ndarray:
     t = np.linspace(0, 1, 4)
-    bridge = _stack(np.zeros(4), t * ident.nose_length, NOSE_ROOT_DEPTH + (NOSE_TIP_DEPTH - NOSE_ROOT_DEPTH) * t, n_frames)
+    depth = NOSE_ROOT_DEPTH + (NOSE_TIP_DEPTH - NOSE_ROOT_DEPTH) * t
+    bridge = _stack(np.zeros(4), t * ident.nose_length, depth, n_frames)
     x = np.array(NOSTRIL_X) * ident.nostril_half_width
     nostrils = _stack(x, ident.nose_length + np.array(NOSTRIL_DROP), NOSTRIL_DEPTH, n_frames)
     return np.concatenate([bridge, nostrils], axis=1)
 
 
-def _mouth(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray], gap: np.ndarray) -> np.ndarray:
+def _mouth(
+    ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray], gap: np.ndarray
+) -> np.ndarray:
+    """Outer lips 48-59 and inner lips 60-67; ``gap`` is the lip opening per frame."""
     half_width = ident.mouth_half_width * (1 + cfg.mouth_width_gain * expr["mouth_width"])[:, None]
     lift = cfg.corner_gain * expr["mouth_corner"][:, None]
     press = np.maximum(1 + cfg.lip_press_gain * np.minimum(expr["mouth_open"], 0), 0)[:, None]
@@ -238,13 +249,17 @@ def _mouth(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray
 
 def _stack(x, y, z, n_frames: int) -> np.ndarray:
     """(T, N, 3) from coordinates given per point, or per frame and point."""
-    x, y, z = np.broadcast_arrays(*(np.atleast_2d(np.asarray(v, dtype=np.float64)) for v in (x, y, z)))
+    x, y, z = np.broadcast_arrays(*(np.atleast_2d(np.asarray(v, dtype=float)) for v in (x, y, z)))
     return np.broadcast_to(np.stack([x, y, z], axis=-1), (n_frames, x.shape[1], 3))
 
 
-def face_shape(ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray], articulation: np.ndarray, blink: np.ndarray) -> np.ndarray:
+def face_shape(
+    ident: FaceIdentity, cfg: FaceSynthConfig, expr: dict[str, np.ndarray],
+    articulation: np.ndarray, blink: np.ndarray,
+) -> np.ndarray:
     """(T, 68, 3) landmarks in face units for per-frame expression values."""
-    gap = cfg.mouth_open_gain * np.maximum(expr["mouth_open"], 0) + cfg.articulation_open * articulation
+    expression_gap = cfg.mouth_open_gain * np.maximum(expr["mouth_open"], 0)
+    gap = expression_gap + cfg.articulation_open * articulation
     drop = cfg.jaw_drop_gain * np.maximum(expr["jaw_drop"], 0) + cfg.jaw_follows_mouth * gap
     return np.concatenate(
         [
@@ -266,7 +281,10 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3 - 2 * x)
 
 
-def expression_course(apex: dict[str, float], n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def expression_course(
+    apex: dict[str, float], n_frames: int, fps: float, cfg: FaceSynthConfig,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """Per-frame expression: rises from neutral to the apex, then partly relaxes near the end."""
     t = np.arange(n_frames) / fps
     duration = n_frames / fps
@@ -291,17 +309,23 @@ def _wander(n_frames: int, smooth_frames: float, rng: np.random.Generator) -> np
     return signal / max(np.std(signal), 1e-9)
 
 
-def head_pose(n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def head_pose(
+    n_frames: int, fps: float, cfg: FaceSynthConfig, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Yaw/pitch/roll (radians), shift (frame fraction) and scale per frame."""
     sds = {
-        "yaw": np.radians(cfg.yaw_sd_deg), "pitch": np.radians(cfg.pitch_sd_deg),
-        "roll": np.radians(cfg.roll_sd_deg), "dx": cfg.shift_sd, "dy": cfg.shift_sd, "scale": cfg.scale_sd,
+        "yaw": np.radians(cfg.yaw_sd_deg),
+        "pitch": np.radians(cfg.pitch_sd_deg),
+        "roll": np.radians(cfg.roll_sd_deg),
+        "dx": cfg.shift_sd,
+        "dy": cfg.shift_sd,
+        "scale": cfg.scale_sd,
     }
-    smooth = cfg.pose_smooth_s * fps
-    pose = {
-        name: sd * np.clip(rng.normal() + cfg.pose_wander * _wander(n_frames, smooth, rng), -cfg.pose_limit_sd, cfg.pose_limit_sd)
-        for name, sd in sds.items()
-    }
+    smooth, limit = cfg.pose_smooth_s * fps, cfg.pose_limit_sd
+    pose = {}
+    for name, sd in sds.items():
+        course = rng.normal() + cfg.pose_wander * _wander(n_frames, smooth, rng)
+        pose[name] = sd * np.clip(course, -limit, limit)
     pose["scale"] = 1 + pose["scale"]
     return pose
 
@@ -312,13 +336,20 @@ def _rotations(pose: dict[str, np.ndarray]) -> np.ndarray:
     cp, sp = np.cos(pose["pitch"]), np.sin(pose["pitch"])
     cr, sr = np.cos(pose["roll"]), np.sin(pose["roll"])
     one, zero = np.ones_like(cy), np.zeros_like(cy)
-    yaw = np.stack([np.stack([cy, zero, sy], -1), np.stack([zero, one, zero], -1), np.stack([-sy, zero, cy], -1)], -2)
-    pitch = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
-    roll = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
+    yaw = _matrix((cy, zero, sy), (zero, one, zero), (-sy, zero, cy))
+    pitch = _matrix((one, zero, zero), (zero, cp, -sp), (zero, sp, cp))
+    roll = _matrix((cr, -sr, zero), (sr, cr, zero), (zero, zero, one))
     return roll @ pitch @ yaw
 
 
-def project(points: np.ndarray, pose: dict[str, np.ndarray], unit_px: np.ndarray, centre: np.ndarray) -> np.ndarray:
+def _matrix(*rows: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(T, 3, 3) from three rows of three per-frame entries."""
+    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def project(
+    points: np.ndarray, pose: dict[str, np.ndarray], unit_px: np.ndarray, centre: np.ndarray
+) -> np.ndarray:
     """(T, N, 3) face units -> (T, N, 2) pixels (orthographic camera)."""
     pivot = np.array(HEAD_PIVOT)
     turned = np.einsum("tij,tnj->tni", _rotations(pose), points - pivot) + pivot
@@ -336,7 +367,7 @@ def face_track(
     ident: FaceIdentity, apex: dict[str, float], articulation: np.ndarray, cfg: FaceSynthConfig,
     fps: float, frame_size: tuple[int, int], rng: np.random.Generator,
 ) -> FaceTrack:
-    """Landmarks of every frame of one clip; ``articulation`` (0..1 per frame) opens the lips with speech."""
+    """Landmarks of every frame; ``articulation`` (0..1 per frame) opens the lips with speech."""
     width, height = frame_size
     n_frames = articulation.size
     expr = expression_course(apex, n_frames, fps, cfg, rng)
@@ -344,12 +375,13 @@ def face_track(
     pose = head_pose(n_frames, fps, cfg, rng)
     unit_px = ident.size * height * pose["scale"]
     centre = np.stack([width * (0.5 + pose["dx"]), height * (cfg.eye_line + pose["dy"])], axis=-1)
+    # Rounded as written to the CSV, so the drawing and the CSV agree exactly.
     landmarks = np.round(project(shape, pose, unit_px, centre), LANDMARK_DECIMALS)
-    outline = {name: project(points, pose, unit_px, centre) for name, points in _outline(ident, cfg.look, n_frames).items()}
+    outline = {
+        name: project(points, pose, unit_px, centre)
+        for name, points in _outline(ident, cfg.look, n_frames).items()
+    }
     return FaceTrack(landmarks=landmarks, outline=outline, unit_px=unit_px)
-
-
-LANDMARK_DECIMALS = 3
 
 
 # ---------------------------------------------------------------- drawing
@@ -364,7 +396,11 @@ class FaceLook:
     skin_dark_bgr: BGR = (70, 100, 150)
     skin_light_bgr: BGR = (185, 205, 235)
     skin_jitter: float = 10.0
-    hair_bgr: tuple[BGR, ...] = ((25, 25, 30), (30, 50, 90), (20, 35, 60), (90, 160, 200), (140, 140, 145), (30, 60, 150))
+    # black, brown, dark brown, blond, grey, red
+    hair_bgr: tuple[BGR, ...] = (
+        (25, 25, 30), (30, 50, 90), (20, 35, 60), (90, 160, 200), (140, 140, 145), (30, 60, 150),
+    )
+    # brown, blue, green, dark
     iris_bgr: tuple[BGR, ...] = ((30, 60, 100), (150, 110, 60), (70, 120, 70), (35, 35, 45))
     lip_bgr: BGR = (90, 80, 180)
     lip_mix: float = 0.45  # lips = skin blended toward lip_bgr
@@ -422,7 +458,8 @@ class FaceLook:
 def _outline(ident: FaceIdentity, look: FaceLook, n_frames: int) -> dict[str, np.ndarray]:
     """Drawing-only points (face units): top of the head, hair, ears, neck, shoulders."""
     phi = np.linspace(0, np.pi, OUTLINE_POINTS)
-    forehead = _stack(np.cos(phi), JAW_TOP - ident.forehead * np.sin(phi), JAW_DEPTH * (np.sin(phi) - 1), n_frames)
+    forehead_y = JAW_TOP - ident.forehead * np.sin(phi)
+    forehead = _stack(np.cos(phi), forehead_y, JAW_DEPTH * (np.sin(phi) - 1), n_frames)
     arc = np.linspace(-look.hair_wrap, np.pi + look.hair_wrap, OUTLINE_POINTS)
     hair_y = JAW_TOP - ident.forehead * look.hair_height * np.sin(arc)
     return {
@@ -430,7 +467,9 @@ def _outline(ident: FaceIdentity, look: FaceLook, n_frames: int) -> dict[str, np
         "hair": _stack(look.hair_spread * np.cos(arc), hair_y, -JAW_DEPTH, n_frames),
         "ears": _stack(np.array(look.ear_x), look.ear_y, -JAW_DEPTH, n_frames),
         "neck": _stack(np.array(look.neck_x), np.array(look.neck_y), -JAW_DEPTH, n_frames),
-        "shoulders": _stack(np.array(look.shoulder_x), np.array(look.shoulder_y), -JAW_DEPTH, n_frames),
+        "shoulders": _stack(
+            np.array(look.shoulder_x), np.array(look.shoulder_y), -JAW_DEPTH, n_frames
+        ),
     }
 
 
@@ -449,19 +488,30 @@ def _fill(img: np.ndarray, points: np.ndarray, colour: BGR) -> None:
     cv2.fillPoly(img, [_px(points)], colour, cv2.LINE_AA, SUBPIXEL_BITS)
 
 
-def _line(img: np.ndarray, points: np.ndarray, colour: BGR, thickness: int, closed: bool = False) -> None:
-    cv2.polylines(img, [_px(points)], closed, colour, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
+def _line(img: np.ndarray, points: np.ndarray, colour: BGR, thickness: int) -> None:
+    cv2.polylines(img, [_px(points)], False, colour, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
+
+
+def _disc(img: np.ndarray, centre: np.ndarray, radius: float, colour: BGR) -> None:
+    scale = 1 << SUBPIXEL_BITS
+    cv2.circle(img, tuple(_px(centre)), int(radius * scale), colour, -1, cv2.LINE_AA, SUBPIXEL_BITS)
+
+
+def _oval(img: np.ndarray, centre: np.ndarray, axes: tuple[float, float], colour: BGR) -> None:
+    size = tuple(max(int(a), 1) for a in axes)
+    cv2.ellipse(img, tuple(int(v) for v in centre), size, 0, 0, 360, colour, -1, cv2.LINE_AA)
 
 
 def background(frame_size: tuple[int, int], look: FaceLook, rng: np.random.Generator) -> np.ndarray:
     """A plain wall: one colour, a soft gradient and a faint texture (BGR uint8)."""
     width, height = frame_size
-    base = rng.integers(*look.background_range) + rng.normal(0, look.background_tint_sd, 3).astype(np.float32)
-    ramp = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :, None] * rng.normal(0, look.background_gradient, 3)
-    texture = cv2.GaussianBlur(
-        rng.normal(0, look.background_texture_sd, (height, width, 3)).astype(np.float32),
-        (0, 0), look.background_texture_smooth_px,
-    ) * look.background_texture_smooth_px
+    base = rng.integers(*look.background_range) + rng.normal(0, look.background_tint_sd, 3)
+    across = np.linspace(-0.5, 0.5, width)[None, :, None]
+    ramp = across * rng.normal(0, look.background_gradient, 3)
+    grain = rng.normal(0, look.background_texture_sd, (height, width, 3)).astype(np.float32)
+    # Blurring shrinks the grain's spread; the factor restores roughly the asked-for sd.
+    smooth = look.background_texture_smooth_px
+    texture = cv2.GaussianBlur(grain, (0, 0), smooth) * smooth
     return np.clip(base + ramp + texture, 0, 255).astype(np.uint8)
 
 
@@ -476,14 +526,17 @@ def _draw_eye(img: np.ndarray, eye: np.ndarray, palette: dict[str, BGR], look: F
         iris = roi.copy()
         centre = (eye[0] + eye[3]) / 2 - (x0, y0)
         radius = look.iris_ratio * np.linalg.norm(eye[3] - eye[0]) / 2
-        cv2.circle(iris, tuple(_px(centre)), int(radius * (1 << SUBPIXEL_BITS)), palette["iris"], -1, cv2.LINE_AA, SUBPIXEL_BITS)
-        cv2.circle(iris, tuple(_px(centre)), int(radius * look.pupil_ratio * (1 << SUBPIXEL_BITS)), look.lid_bgr, -1, cv2.LINE_AA, SUBPIXEL_BITS)
+        _disc(iris, centre, radius, palette["iris"])
+        _disc(iris, centre, radius * look.pupil_ratio, look.lid_bgr)
         roi[mask > 0] = iris[mask > 0]
     _line(img, eye[[0, 1, 2, 3]], look.lid_bgr, look.lid_thickness_px)
-    _line(img, eye[[3, 4, 5, 0]], _shade(palette["skin"], look.contour_shade), look.line_thickness_px)
+    lower_lid = _shade(palette["skin"], look.contour_shade)
+    _line(img, eye[[3, 4, 5, 0]], lower_lid, look.line_thickness_px)
 
 
-def _draw_brow(img: np.ndarray, brow: np.ndarray, thickness_px: float, taper: np.ndarray, colour: BGR) -> None:
+def _draw_brow(
+    img: np.ndarray, brow: np.ndarray, thickness_px: float, taper: np.ndarray, colour: BGR
+) -> None:
     half = (thickness_px * taper / 2)[:, None] * (0, 1)
     _fill(img, np.concatenate([brow - half, (brow + half)[::-1]]), colour)
 
@@ -494,19 +547,23 @@ def _draw_mouth(img: np.ndarray, lm: np.ndarray, palette: dict[str, BGR], look: 
     lower = lm[[60, 67, 66, 65, 64]]
     if np.max(lower[:, 1] - upper[:, 1]) > look.min_gap_px:
         _fill(img, lm[60:68], look.mouth_bgr)
-        _fill(img, np.concatenate([upper, (upper + look.teeth_fraction * (lower - upper))[::-1]]), look.teeth_bgr)
-    _line(img, lm[[48, 60, 61, 62, 63, 64, 54]], _shade(palette["lips"], look.contour_shade), look.line_thickness_px)
+        teeth_edge = upper + look.teeth_fraction * (lower - upper)
+        _fill(img, np.concatenate([upper, teeth_edge[::-1]]), look.teeth_bgr)
+    lip_line = _shade(palette["lips"], look.contour_shade)
+    _line(img, lm[[48, 60, 61, 62, 63, 64, 54]], lip_line, look.line_thickness_px)
 
 
-def draw_face(img: np.ndarray, lm: np.ndarray, outline: dict[str, np.ndarray], unit_px: float, ident: FaceIdentity, look: FaceLook) -> None:
+def draw_face(
+    img: np.ndarray, lm: np.ndarray, outline: dict[str, np.ndarray], unit_px: float,
+    ident: FaceIdentity, look: FaceLook,
+) -> None:
     """Draw one frame's face (in place) from its 68 landmarks and outline points."""
     pal = ident.palette
     _fill(img, outline["shoulders"], pal["clothing"])
     _fill(img, outline["neck"], _shade(pal["skin"], look.neck_shade))
     _fill(img, outline["hair"], pal["hair"])
     for ear in outline["ears"]:
-        axes = (int(look.ear_axes[0] * unit_px), int(look.ear_axes[1] * unit_px))
-        cv2.ellipse(img, tuple(int(v) for v in ear), axes, 0, 0, 360, _shade(pal["skin"], look.ear_shade), -1, cv2.LINE_AA)
+        _oval(img, ear, np.array(look.ear_axes) * unit_px, _shade(pal["skin"], look.ear_shade))
     _fill(img, np.concatenate([lm[0:17], outline["forehead"]]), pal["skin"])
     _line(img, lm[0:17], _shade(pal["skin"], look.contour_shade), look.line_thickness_px)
     taper = np.array(look.brow_taper)
@@ -514,21 +571,27 @@ def draw_face(img: np.ndarray, lm: np.ndarray, outline: dict[str, np.ndarray], u
     _draw_brow(img, lm[22:27], ident.brow_thickness * unit_px, taper[::-1], pal["brow"])
     _line(img, lm[28:31], _shade(pal["skin"], look.nose_shade), look.line_thickness_px)
     _line(img, lm[31:36], _shade(pal["skin"], look.nose_shade), look.line_thickness_px)
-    for nostril in lm[[32, 34]]:
-        size = max(int(look.nostril_size * unit_px), 1)
-        cv2.ellipse(img, tuple(int(v) for v in nostril), (size, size // 2 + 1), 0, 0, 360, _shade(pal["skin"], look.nostril_shade), -1, cv2.LINE_AA)
+    nostril = look.nostril_size * unit_px
+    for centre in lm[[32, 34]]:
+        _oval(img, centre, (nostril, nostril / 2 + 1), _shade(pal["skin"], look.nostril_shade))
     _draw_eye(img, lm[36:42], pal, look)
     _draw_eye(img, lm[42:48], pal, look)
     _draw_mouth(img, lm, pal, look)
 
 
-def render_frames(track: FaceTrack, ident: FaceIdentity, look: FaceLook, frame_size: tuple[int, int], rng: np.random.Generator):
+def render_frames(
+    track: FaceTrack, ident: FaceIdentity, look: FaceLook, frame_size: tuple[int, int],
+    rng: np.random.Generator,
+) -> Iterator[np.ndarray]:
     """Yield the clip's frames (BGR uint8): background, face, sensor noise."""
     width, height = frame_size
     wall = background(frame_size, look, rng)
-    noise = rng.normal(0, look.sensor_noise_sd, (look.noise_bank, height, width, 3)).astype(np.int16)
+    # Fresh noise per frame costs more than the drawing; a few pre-drawn images look the same.
+    noise_shape = (look.noise_bank, height, width, 3)
+    noise = rng.normal(0, look.sensor_noise_sd, noise_shape).astype(np.int16)
     for t in range(track.landmarks.shape[0]):
         img = wall.copy()
         outline = {name: points[t] for name, points in track.outline.items()}
         draw_face(img, track.landmarks[t], outline, float(track.unit_px[t]), ident, look)
-        yield np.clip(img.astype(np.int16) + noise[rng.integers(look.noise_bank)], 0, 255).astype(np.uint8)
+        noisy = img.astype(np.int16) + noise[rng.integers(look.noise_bank)]
+        yield np.clip(noisy, 0, 255).astype(np.uint8)

@@ -30,6 +30,7 @@ PROSODY_KEYS = (
 
 NYQUIST_MARGIN = 0.45  # highest harmonic, as a fraction of the sample rate (no aliasing)
 MIN_SYLLABLE_LENGTH = 0.5  # shortest syllable, relative to the mean length
+SEMITONES_PER_OCTAVE = 12
 
 
 def _default_prosody() -> dict[str, dict[str, float]]:
@@ -127,7 +128,9 @@ class Syllable:
     stressed: bool
 
 
-def sample_voice_identity(cfg: VoiceSynthConfig, female: bool, rng: np.random.Generator) -> VoiceIdentity:
+def sample_voice_identity(
+    cfg: VoiceSynthConfig, female: bool, rng: np.random.Generator
+) -> VoiceIdentity:
     f0_range = cfg.female_f0_hz if female else cfg.male_f0_hz
     scale_range = cfg.female_formant_scale if female else cfg.male_formant_scale
     return VoiceIdentity(
@@ -179,10 +182,10 @@ def _pitch_contour_st(
     cfg: VoiceSynthConfig, rng: np.random.Generator,
 ) -> np.ndarray:
     contour = prosody["pitch_st"] + prosody["slope_st"] * (times / duration_s - 0.5)
-    for syl in syllables:
-        if syl.stressed:
-            centre = syl.start_s + syl.voiced_s / 2
-            contour += prosody["range_st"] * np.exp(-0.5 * ((times - centre) / (syl.voiced_s / 2)) ** 2)
+    for syl in (s for s in syllables if s.stressed):
+        half = syl.voiced_s / 2
+        accent = np.exp(-0.5 * ((times - syl.start_s - half) / half) ** 2)
+        contour += prosody["range_st"] * accent
     tremor_phase = rng.uniform(0, 2 * np.pi)
     contour += prosody["tremor_st"] * np.sin(2 * np.pi * cfg.tremor_rate_hz * times + tremor_phase)
     smooth = cfg.pitch_wander_smooth_s * cfg.control_rate_hz
@@ -191,7 +194,9 @@ def _pitch_contour_st(
     return contour + wander
 
 
-def _formant_tracks(syllables: list[Syllable], times: np.ndarray, voice: VoiceIdentity, cfg: VoiceSynthConfig) -> np.ndarray:
+def _formant_tracks(
+    syllables: list[Syllable], times: np.ndarray, voice: VoiceIdentity, cfg: VoiceSynthConfig
+) -> np.ndarray:
     """(T, 3) formant frequencies: each syllable's vowel, gliding between syllables."""
     neutral_vowel = np.mean(list(cfg.vowels.values()), axis=0)
     tracks = np.tile(neutral_vowel, (times.size, 1))
@@ -201,13 +206,16 @@ def _formant_tracks(syllables: list[Syllable], times: np.ndarray, voice: VoiceId
     return tracks * voice.formant_scale
 
 
-def _harmonic_amplitudes(f0: np.ndarray, formants: np.ndarray, tilt: float, cfg: VoiceSynthConfig, sample_rate: int) -> np.ndarray:
+def _harmonic_amplitudes(
+    f0: np.ndarray, formants: np.ndarray, tilt: float, cfg: VoiceSynthConfig, sample_rate: int
+) -> np.ndarray:
     """(T, K) amplitude of harmonic k at each control step."""
     top = min(cfg.max_harmonic_hz, NYQUIST_MARGIN * sample_rate)
     k = np.arange(1, int(top / f0.min()) + 1)
     freqs = f0[:, None] * k[None, :]
     envelope = np.full(freqs.shape, cfg.formant_floor)
-    for j, (bandwidth, gain_db) in enumerate(zip(cfg.formant_bandwidths_hz, cfg.formant_gains_db)):
+    formant_shapes = zip(cfg.formant_bandwidths_hz, cfg.formant_gains_db)
+    for j, (bandwidth, gain_db) in enumerate(formant_shapes):
         detune = (freqs - formants[:, j : j + 1]) / (bandwidth / 2)
         envelope += 10 ** (gain_db / 20) / (1 + detune**2)
     amplitudes = envelope * k[None, :] ** (-tilt)
@@ -215,7 +223,10 @@ def _harmonic_amplitudes(f0: np.ndarray, formants: np.ndarray, tilt: float, cfg:
     return amplitudes
 
 
-def _to_audio_rate(control: np.ndarray, n_samples: int, control_rate: float, sample_rate: int) -> np.ndarray:
+def _to_audio_rate(
+    control: np.ndarray, n_samples: int, control_rate: float, sample_rate: int
+) -> np.ndarray:
+    """Linear interpolation of a control-rate signal (T,) or (T, K) to audio rate."""
     position = np.arange(n_samples) * (control_rate / sample_rate)
     lower = np.minimum(position.astype(np.int64), control.shape[0] - 2)
     frac = (position - lower)[:, None] if control.ndim == 2 else position - lower
@@ -231,14 +242,21 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x**2)) + 1e-12)
 
 
-def _voiced(syllables, duration_s, prosody, voice, cfg, sample_rate, rng) -> np.ndarray:
+def _voiced(
+    syllables: list[Syllable], duration_s: float, prosody: dict[str, float], voice: VoiceIdentity,
+    cfg: VoiceSynthConfig, sample_rate: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """The harmonic (voiced) signal, before syllable gating."""
     n_samples = int(round(duration_s * sample_rate))
-    times = np.arange(int(np.ceil(duration_s * cfg.control_rate_hz)) + 2) / cfg.control_rate_hz
-    f0 = voice.base_f0_hz * 2 ** (_pitch_contour_st(syllables, times, duration_s, prosody, cfg, rng) / 12)
-    amplitudes = _harmonic_amplitudes(f0, _formant_tracks(syllables, times, voice, cfg), prosody["tilt"], cfg, sample_rate)
-    f0_audio = _to_audio_rate(f0, n_samples, cfg.control_rate_hz, sample_rate)
-    phase = 2 * np.pi * np.cumsum(f0_audio) / sample_rate
-    amp_audio = _to_audio_rate(amplitudes.astype(np.float32), n_samples, cfg.control_rate_hz, sample_rate)
+    rate = cfg.control_rate_hz
+    times = np.arange(int(np.ceil(duration_s * rate)) + 2) / rate
+    semitones = _pitch_contour_st(syllables, times, duration_s, prosody, cfg, rng)
+    f0 = voice.base_f0_hz * 2 ** (semitones / SEMITONES_PER_OCTAVE)
+    formants = _formant_tracks(syllables, times, voice, cfg)
+    amplitudes = _harmonic_amplitudes(f0, formants, prosody["tilt"], cfg, sample_rate)
+    phase = 2 * np.pi * np.cumsum(_to_audio_rate(f0, n_samples, rate, sample_rate)) / sample_rate
+    # float32 halves the memory of the (samples x harmonics) arrays.
+    amp_audio = _to_audio_rate(amplitudes.astype(np.float32), n_samples, rate, sample_rate)
     k = np.arange(1, amplitudes.shape[1] + 1, dtype=np.float32)
     harmonics = np.sin(phase.astype(np.float32)[:, None] * k[None, :]) * amp_audio
     return harmonics.sum(axis=1).astype(np.float64)
@@ -259,12 +277,15 @@ def synthesize_voice(
     level_db = cfg.level_dbfs + prosody["energy_db"] + rng.normal(0, cfg.recording_gain_sd_db)
     speech *= 10 ** (level_db / 20) / _rms(speech)
     snr_db = rng.uniform(*cfg.snr_db)
-    room = _filtered_noise(n_samples, cfg.room_noise_pole, rng) * _rms(speech) * 10 ** (-snr_db / 20)
+    room_level = _rms(speech) * 10 ** (-snr_db / 20)
+    room = _filtered_noise(n_samples, cfg.room_noise_pole, rng) * room_level
     audio = speech + room
     return np.clip(audio, -cfg.peak_limit, cfg.peak_limit).astype(np.float32)
 
 
-def _consonants(syllables: list[Syllable], times: np.ndarray, cfg: VoiceSynthConfig, rng: np.random.Generator) -> np.ndarray:
+def _consonants(
+    syllables: list[Syllable], times: np.ndarray, cfg: VoiceSynthConfig, rng: np.random.Generator
+) -> np.ndarray:
     """A short bright noise burst before each vowel."""
     gate = np.zeros_like(times)
     for syl in syllables:

@@ -90,6 +90,8 @@ def extract_visual(
             max_iter=kf.max_iter,
             seed=kf.seed,
             usable=track.success,
+            restarts=kf.restarts,
+            path=video_path,
         )
         keyframes = pad_keyframes(chosen, kf.k)
     return video, track, keyframes

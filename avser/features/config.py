@@ -73,6 +73,8 @@ class KeyframeConfig:
     gamma: float | None = None  # RBF width; None -> 1 / median squared distance
     max_iter: int = 50
     seed: int = 0
+    # k-means runs from different seeded starts; the tightest clustering wins.
+    restarts: int = 4
 
 
 @dataclass

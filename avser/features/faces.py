@@ -105,7 +105,8 @@ def normalise_landmarks(points: np.ndarray) -> np.ndarray:
     safe = np.where(valid, iod, 1.0)
     cos, sin = delta[..., 0] / safe, delta[..., 1] / safe
     x, y = centred[..., 0], centred[..., 1]
-    levelled = np.stack([cos[..., None] * x + sin[..., None] * y, -sin[..., None] * x + cos[..., None] * y], axis=-1)
+    cos, sin = cos[..., None], sin[..., None]
+    levelled = np.stack([cos * x + sin * y, -sin * x + cos * y], axis=-1)
     normalised = levelled / safe[..., None, None]
     return np.where(valid[..., None, None], normalised, np.nan).astype(np.float32)
 
@@ -131,5 +132,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     """JPEG bytes -> RGB uint8 image."""
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise UnreadableMediaError(None, f"{len(data)} bytes are not a JPEG image", "re-run preprocessing")
+        raise UnreadableMediaError(
+            None, f"{len(data)} bytes are not a JPEG image", "re-run preprocessing"
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

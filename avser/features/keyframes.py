@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from avser.errors import TooFewFramesError
+from avser.features.config import KeyframeConfig
 
 # Eye landmarks (0-based, 68-point scheme): right eye 36-41, left eye 42-47.
 _RIGHT_EYE = slice(36, 42)
@@ -18,9 +19,9 @@ _LEFT_EYE = slice(42, 48)
 # Below this inter-ocular distance (relative to the shape's RMS size) the eyes
 # are degenerate (a collapsed or synthetic shape); scale by RMS size instead.
 _MIN_IOD_FRACTION = 1e-3
-# Restarts of k-means from different seeded initialisations; the best (lowest
-# within-cluster spread) wins, which guards against a poor k-means++ draw.
-DEFAULT_RESTARTS = 4
+# k-means restarts from different seeded starts; the best (lowest within-cluster
+# spread) wins, which guards against a poor k-means++ draw.
+DEFAULT_RESTARTS = KeyframeConfig.restarts
 
 
 def landmark_descriptors(points: np.ndarray) -> np.ndarray:
@@ -33,7 +34,8 @@ def landmark_descriptors(points: np.ndarray) -> np.ndarray:
     """
     points = np.asarray(points, dtype=np.float64)
     centred = points - points.mean(axis=1, keepdims=True)
-    iod = np.linalg.norm(points[:, _LEFT_EYE].mean(axis=1) - points[:, _RIGHT_EYE].mean(axis=1), axis=1)
+    eye_line = points[:, _LEFT_EYE].mean(axis=1) - points[:, _RIGHT_EYE].mean(axis=1)
+    iod = np.linalg.norm(eye_line, axis=1)
     rms = np.sqrt((centred**2).sum(axis=2).mean(axis=1))
     with np.errstate(invalid="ignore"):
         scale = np.where(iod > _MIN_IOD_FRACTION * rms, iod, rms)
@@ -100,7 +102,8 @@ def _refill_empty(distances: np.ndarray, labels: np.ndarray, k: int) -> np.ndarr
         if np.any(labels == cluster):
             continue
         own = distances[np.arange(len(labels)), labels]
-        own = np.where(np.bincount(labels, minlength=k)[labels] > 1, own, -np.inf)  # keep singletons
+        shared = np.bincount(labels, minlength=k)[labels] > 1
+        own = np.where(shared, own, -np.inf)  # never empty another cluster
         labels[int(np.argmax(own))] = cluster
     return labels
 

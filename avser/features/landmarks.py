@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -37,6 +37,8 @@ BACKENDS = ("dlib", "openface-csv", "openface")
 # Eyes and nose hardly move with expression or speech (jaw, mouth and brows
 # do), so they anchor the box a followed face is searched in.
 _RIGID_POINTS = np.arange(27, 48)
+# A box narrower than this many pixels cannot hold a face the detector sees.
+_MIN_BOX_PX = 8
 # Verification crop: the followed box plus this fraction of its width on each side.
 _VERIFY_MARGIN = 0.2
 # A followed box with less than this fraction of its area inside the frame is lost.
@@ -44,6 +46,9 @@ _MIN_BOX_INSIDE = 0.5
 # The check's detection must overlap the followed box this much (intersection
 # over union), else the landmarks have drifted off the face.
 _MIN_CHECK_IOU = 0.5
+# Largest change of a followed face's size (eyes and nose) from one frame to the
+# next; on real clips 99% of steps are under 5%, a slipped fit jumps 20% or more.
+_MAX_SIZE_STEP = 1.15
 
 _DLIB_MODEL_FILE = Path("models") / "shape_predictor_68_face_landmarks.dat"
 _INSTALL_DLIB = "pip install dlib-bin face_recognition_models"
@@ -122,7 +127,7 @@ def require_face(track: LandmarkTrack, path: str | Path | None) -> None:
     if track.n_found == 0:
         raise NoFaceError(
             path,
-            f"no face found in any of {len(track)} frames of {path}",
+            f"no face found in any of {len(track)} frames",  # the error prefixes the path
             "check that the clip shows a frontal face; small faces need a larger "
             "landmarks.detect_width or landmarks.upsample=1",
         )
@@ -147,12 +152,16 @@ def _landmark_columns() -> list[str]:
 def _read_rows(path: str | Path) -> _OpenFaceRows:
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(path, "OpenFace CSV does not exist", "check landmarks_path in the manifest")
+        raise MissingFileError(
+            path, "OpenFace CSV does not exist", "check landmarks_path in the manifest"
+        )
     try:
         # OpenFace separates with ", ": skipinitialspace strips the blank from values and names.
         table = pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UnreadableMediaError(path, f"not a readable CSV ({exc})", "re-run OpenFace FeatureExtraction") from exc
+        raise UnreadableMediaError(
+            path, f"not a readable CSV ({exc})", "re-run OpenFace FeatureExtraction"
+        ) from exc
     table.columns = [str(c).strip() for c in table.columns]
     needed = _landmark_columns() + ["confidence", "success", "timestamp"]
     missing = [c for c in needed if c not in table.columns]
@@ -220,9 +229,8 @@ def _match_by_time(row_times: np.ndarray, frame_times: np.ndarray, tolerance: fl
     sorted_times = row_times[order]
     right = np.clip(np.searchsorted(sorted_times, frame_times), 0, len(sorted_times) - 1)
     left = np.clip(right - 1, 0, len(sorted_times) - 1)
-    pick = np.where(
-        np.abs(sorted_times[left] - frame_times) <= np.abs(sorted_times[right] - frame_times), left, right
-    )
+    gap_left = np.abs(sorted_times[left] - frame_times)
+    pick = np.where(gap_left <= np.abs(sorted_times[right] - frame_times), left, right)
     within = np.abs(sorted_times[pick] - frame_times) <= tolerance
     return np.where(within, order[pick], -1)
 
@@ -301,7 +309,8 @@ class OpenFaceBinaryBackend:
         self.binary = found
 
     def _run(self, video_path: Path, out_dir: Path) -> Path:
-        command = [self.binary, "-f", str(video_path), "-out_dir", str(out_dir), "-2Dfp", "-q"]
+        # -2Dfp: write the 2D landmarks (x_0..y_67); visualisation is off unless asked for.
+        command = [self.binary, "-f", str(video_path), "-out_dir", str(out_dir), "-2Dfp"]
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=self.cfg.openface_timeout_s
@@ -329,7 +338,9 @@ class OpenFaceBinaryBackend:
             raise ValueError("the openface backend runs on a video file: pass video_path")
         path = Path(video_path)
         if not path.is_file():
-            raise MissingFileError(path, "video file does not exist", "check video_path in the manifest")
+            raise MissingFileError(
+                path, "video file does not exist", "check video_path in the manifest"
+            )
         with tempfile.TemporaryDirectory(prefix="avser-openface-") as out_dir:
             rows = _read_rows(self._run(path, Path(out_dir)))
         return _align_rows(rows, video).drop_below(self.cfg.min_confidence)
@@ -373,7 +384,9 @@ class _Box:
     @classmethod
     def from_dlib(cls, rect, factor: float = 1.0) -> _Box:
         """``rect`` found on an image ``factor`` times the frame size."""
-        return cls(rect.left() / factor, rect.top() / factor, rect.width() / factor, rect.height() / factor)
+        return cls(
+            rect.left() / factor, rect.top() / factor, rect.width() / factor, rect.height() / factor
+        )
 
     @property
     def centre(self) -> np.ndarray:
@@ -390,8 +403,10 @@ class _Box:
 
     def iou(self, other: _Box) -> float:
         """Intersection over union of two boxes."""
-        inter_w = max(0.0, min(self.left + self.width, other.left + other.width) - max(self.left, other.left))
-        inter_h = max(0.0, min(self.top + self.height, other.top + other.height) - max(self.top, other.top))
+        right = min(self.left + self.width, other.left + other.width)
+        bottom = min(self.top + self.height, other.top + other.height)
+        inter_w = max(0.0, right - max(self.left, other.left))
+        inter_h = max(0.0, bottom - max(self.top, other.top))
         inter = inter_w * inter_h
         return inter / max(self.width * self.height + other.width * other.height - inter, 1e-9)
 
@@ -430,6 +445,14 @@ class _BoxFromLandmarks:
         return _Box(middle[0] - width / 2, middle[1] - height / 2, width, height)
 
 
+class _Sighting(NamedTuple):
+    """Where a face is in one frame, before its landmarks are fitted."""
+
+    box: _Box
+    score: float  # detector score
+    placement: _BoxFromLandmarks | None  # None: a fresh full-frame detection
+
+
 @dataclass
 class _Followed:
     """The face followed from the previous frame."""
@@ -437,6 +460,12 @@ class _Followed:
     points: np.ndarray
     placement: _BoxFromLandmarks
     since_detection: int
+
+
+def _size_jumped(before: np.ndarray, after: np.ndarray) -> bool:
+    """Whether the eyes-and-nose size changed by more than ``_MAX_SIZE_STEP`` either way."""
+    ratio = _rigid_frame(after)[1] / _rigid_frame(before)[1]
+    return not (1.0 / _MAX_SIZE_STEP <= ratio <= _MAX_SIZE_STEP)
 
 
 def _downscale(image: np.ndarray, width: int | None) -> tuple[np.ndarray, float]:
@@ -482,57 +511,67 @@ class DlibBackend:
         result = LandmarkTrack.empty(len(frames))
         followed: _Followed | None = None
         for i, frame in enumerate(frames):
-            found = self._locate(frame, followed)
-            if found is None:
+            fit = self._fit(np.ascontiguousarray(frame), followed)
+            if fit is None:
                 followed = None
                 continue
-            box, score, placement = found
-            points = self._shape(frame, box)
-            if placement is None:  # a fresh detection: re-measure where boxes sit
-                followed = _Followed(points, _BoxFromLandmarks.calibrate(box, points), 0)
-            else:
-                followed = _Followed(points, placement, followed.since_detection + 1)
-            result.points[i] = points
+            followed, score = fit
+            result.points[i] = followed.points
             result.confidence[i] = _sigmoid(score)
             result.success[i] = True
         return result
 
-    def _locate(self, frame: np.ndarray, followed: _Followed | None):
-        """(box, score, placement) of the face in ``frame``, or None.
+    def _fit(self, frame: np.ndarray, followed: _Followed | None) -> tuple[_Followed, float] | None:
+        """Landmarks of ``frame`` (as the new followed face) and the detector score."""
+        sighting = self._locate(frame, followed)
+        if sighting is not None and sighting.placement is not None:
+            points = self._shape(frame, sighting.box)
+            if not _size_jumped(followed.points, points):
+                steps = followed.since_detection + 1
+                return _Followed(points, sighting.placement, steps), sighting.score
+            # A face does not change size this fast between frames: the fit slid
+            # off the face (fast motion, occlusion). Start again from a detection.
+            sighting = self._detect(frame)
+        if sighting is None:
+            return None
+        points = self._shape(frame, sighting.box)
+        placement = _BoxFromLandmarks.calibrate(sighting.box, points)
+        return _Followed(points, placement, 0), sighting.score
 
-        ``placement`` is None when the box is a fresh detection. A periodic
-        re-detection that misses still lets a face that checks out be followed.
-        """
+    def _locate(self, frame: np.ndarray, followed: _Followed | None) -> _Sighting | None:
+        """Where the face of ``frame`` is, or None. A periodic re-detection that
+        misses still lets a face that checks out be followed."""
         if not self.cfg.track:
             return self._detect(frame)
         due = followed is None or followed.since_detection + 1 >= self.cfg.redetect_every
         attempts = (self._detect, self._follow) if due else (self._follow, self._detect)
         for attempt in attempts:
-            found = attempt(frame, followed)
-            if found is not None:
-                return found
+            sighting = attempt(frame, followed)
+            if sighting is not None:
+                return sighting
         return None
 
-    def _detect(self, frame: np.ndarray, followed: _Followed | None = None):
-        """The largest face the detector finds in the (shrunk) frame."""
+    def _detect(self, frame: np.ndarray, followed: _Followed | None = None) -> _Sighting | None:
+        """The largest face the detector finds in the (shrunk) frame (``followed`` unused)."""
         small, factor = _downscale(frame, self.cfg.detect_width)
         rects, scores, _ = self._detector.run(small, self.cfg.upsample, self._threshold)
         if len(rects) == 0:
             return None
         best = max(range(len(rects)), key=lambda j: rects[j].area())
-        return _Box.from_dlib(rects[best], factor), float(scores[best]), None
+        return _Sighting(_Box.from_dlib(rects[best], factor), float(scores[best]), None)
 
-    def _follow(self, frame: np.ndarray, followed: _Followed | None):
+    def _follow(self, frame: np.ndarray, followed: _Followed | None) -> _Sighting | None:
         """The box the previous landmarks predict, if the detector confirms a face there."""
         if followed is None:
             return None
         box = followed.placement.box(followed.points)
-        if box.fraction_inside(frame.shape[1], frame.shape[0]) < _MIN_BOX_INSIDE:
+        inside = box.fraction_inside(frame.shape[1], frame.shape[0])
+        if box.width < _MIN_BOX_PX or inside < _MIN_BOX_INSIDE:
             return None
         checked = self._check(frame, box)
         if checked is None or checked[1].iou(box) < _MIN_CHECK_IOU:
             return None  # no face there, or the landmarks drifted off it
-        return box, checked[0], followed.placement
+        return _Sighting(box, checked[0], followed.placement)
 
     def _check(self, frame: np.ndarray, box: _Box) -> tuple[float, _Box] | None:
         """The detector's best (score, box) on a crop around ``box``, scaled so
@@ -563,7 +602,9 @@ class DlibBackend:
 def make_landmark_backend(cfg: LandmarkConfig | None = None) -> LandmarkBackend:
     """The backend ``cfg.backend`` names (models loaded once, here)."""
     cfg = cfg or LandmarkConfig()
-    makers = {"dlib": DlibBackend, "openface-csv": OpenFaceCSVBackend, "openface": OpenFaceBinaryBackend}
+    makers = {
+        "dlib": DlibBackend, "openface-csv": OpenFaceCSVBackend, "openface": OpenFaceBinaryBackend
+    }
     if cfg.backend not in makers:
         raise BackendUnavailableError(
             f"unknown landmark backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}"
