@@ -42,7 +42,10 @@ class TrainConfig:
     # RACNN initialisation for fusion: scratch | checkpoint:PATH | registry:NAME@ALIAS
     init: str = "scratch"
     num_workers: int = 1
+    # Ray Data needs CPUs left over to read the store: keep
+    # num_workers * cpus_per_worker below the cluster's CPU count.
     cpus_per_worker: float = 1.0
+    torch_threads: int | None = None  # None -> what Ray allots (cpus_per_worker)
     use_gpu: bool = False
     mixed_precision: bool = True  # bf16 autocast, GPU only
     max_failures: int = 2

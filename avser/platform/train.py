@@ -231,6 +231,8 @@ def _record_shard(ctx: LoopContext, seen_ids: list[str]) -> None:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = LoopContext.from_loop_config(loop_config)
     torch.manual_seed(ctx.cfg.seed)
+    if ctx.cfg.torch_threads:
+        torch.set_num_threads(ctx.cfg.torch_threads)
     device = ray.train.torch.get_device()
     model = build_model(ctx.cfg.stage, ctx.model_cfg, ctx.cfg.init)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.optim.lr,
@@ -320,10 +322,24 @@ def _has_dataset(name: str) -> bool:
 # ---------------------------------------------------------------- the driver
 
 
+def _check_data_cpus(cfg: TrainConfig) -> None:
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    wanted = cfg.num_workers * cfg.cpus_per_worker
+    if wanted >= total:
+        print(f"warning: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPUs take all {total:g} "
+              "CPUs of the cluster; Ray Data cannot read the feature store and training will "
+              "hang unless the cluster scales up. Lower cpus_per_worker (use torch_threads for "
+              "more intra-op threads).")
+
+
 def trainer_for(loop_config: dict[str, Any], datasets: dict[str, Any], cfg: TrainConfig,
                 run_name: str, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer whose name (no timestamps) makes re-runs resume it."""
     from ray.train import DataConfig
+
+    _check_data_cpus(cfg)
 
     return TorchTrainer(
         train_loop_per_worker,
