@@ -4,7 +4,10 @@ Arrays are stored as raw bytes plus their shape, so the store is plain
 Parquet that pandas, pyarrow and Ray Data all read without extension types.
 Each row carries a ``source_key`` (hash of the feature config and the clip's
 files' path/size/mtime): a re-run skips clips whose key is already stored
-with status ``ok`` or a deterministic error.
+with status ``ok`` or a deterministic error (anything but ``internal``).
+After a run recomputes a clip, ``drop_superseded`` removes its older row, so
+every clip appears in exactly one part file (readers of the raw parts, such
+as the training datasets, see no duplicates).
 
 Columns: clip_id, corpus, speaker, label, label_name, status, error,
 error_reason, source_key, logmel, logmel_shape, face_jpegs, landmarks,
@@ -30,7 +33,13 @@ from avser.errors import AvserError
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+# An unexpected exception is a bug in avser or a library, not a property of the
+# clip: its row is kept for the summary but the next run tries the clip again.
+REASON_INTERNAL = "internal"
+RETRIED_REASONS = frozenset({REASON_INTERNAL})
 PART_GLOB = "part-*.parquet"
+# Examples of each failure reason printed in the summary.
+SUMMARY_EXAMPLES = 3
 
 SCHEMA = pa.schema(
     [
@@ -109,6 +118,7 @@ def ok_row(clip: Clip, key: str, features) -> dict[str, Any]:
 
 
 def error_row(clip: Clip, key: str, reason: str, message: str) -> dict[str, Any]:
+    """Row for a clip that failed: ``reason`` a short code, ``message`` for the user."""
     row = _base_row(clip, key)
     row.update(status=STATUS_ERROR, error=message, error_reason=reason)
     return row
@@ -126,13 +136,17 @@ def decode_landmarks(row: dict[str, Any]) -> np.ndarray | None:
 
 
 def write_part(rows: list[dict[str, Any]], store: str | Path) -> Path:
-    """Write rows as one new part file; atomic (temp file + rename), so a crash
-    never leaves a half-written part behind for the next run to trust."""
+    """Write rows as one new part file."""
+    return _write_table(pa.Table.from_pylist(rows, schema=SCHEMA), store)
+
+
+def _write_table(table: pa.Table, store: str | Path) -> Path:
+    """Atomic (temp file + rename), so a crash never leaves a half-written
+    part behind for the next run to trust."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     final = store / f"part-{uuid.uuid4().hex[:16]}.parquet"
     tmp = store / f".{final.name}.tmp"
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
     pq.write_table(table, tmp)
     os.replace(tmp, final)
     return final
@@ -140,6 +154,15 @@ def write_part(rows: list[dict[str, Any]], store: str | Path) -> Path:
 
 def part_files(store: str | Path) -> list[Path]:
     return sorted(Path(store).glob(PART_GLOB))
+
+
+def _read_parts(parts: list[Path], columns: list[str] | None) -> pd.DataFrame:
+    """Rows of ``parts`` in write order, with the part each came from."""
+    frames = []
+    for part in sorted(parts, key=lambda p: p.stat().st_mtime_ns):
+        frame = pq.read_table(part, columns=columns).to_pandas()
+        frames.append(frame.assign(_part=str(part), _row=np.arange(len(frame))))
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_store(store: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -151,20 +174,36 @@ def read_store(store: str | Path, columns: list[str] | None = None) -> pd.DataFr
             "`python jobs/preprocess.py --manifest M --out STORE` first"
         )
     cols = None if columns is None else sorted(set(columns) | {"clip_id"})
-    frames = [pq.read_table(p, columns=cols).to_pandas() for p in parts]
-    mtimes = [p.stat().st_mtime_ns for p in parts]
-    for frame, mtime in zip(frames, mtimes):
-        frame["_written"] = mtime
-    table = pd.concat(frames, ignore_index=True).sort_values("_written", kind="stable")
-    table = table.drop_duplicates("clip_id", keep="last").drop(columns="_written")
-    return table.reset_index(drop=True)
+    table = _read_parts(parts, cols).drop_duplicates("clip_id", keep="last")
+    return table.drop(columns=["_part", "_row"]).reset_index(drop=True)
 
 
-def stored_keys(store: str | Path) -> set[str]:
-    """Source keys already in the store (empty for a new store)."""
+def finished_keys(store: str | Path) -> set[str]:
+    """Source keys whose clips need no more work: stored ``ok`` or with a
+    deterministic error (empty for a new store)."""
     if not part_files(store):
         return set()
-    return set(read_store(store, ["source_key"])["source_key"])
+    rows = read_store(store, ["source_key", "error_reason"])
+    finished = ~rows["error_reason"].isin(RETRIED_REASONS)
+    return set(rows.loc[finished, "source_key"])
+
+
+def drop_superseded(store: str | Path) -> int:
+    """Rewrite part files so each clip keeps only its latest row; returns the
+    number of rows dropped. The pruned part is written before the old one is
+    removed: a crash in between leaves identical copies, never a lost row."""
+    parts = part_files(store)
+    if not parts:
+        return 0
+    index = _read_parts(parts, ["clip_id"])
+    stale = index.duplicated("clip_id", keep="last")
+    for part, rows in index[stale].groupby("_part"):
+        table = pq.read_table(part)
+        pruned = table.filter(~np.isin(np.arange(table.num_rows), rows["_row"].to_numpy()))
+        if pruned.num_rows:
+            _write_table(pruned, store)
+        Path(part).unlink()
+    return int(stale.sum())
 
 
 def failure_summary(frame: pd.DataFrame) -> str:
@@ -172,8 +211,10 @@ def failure_summary(frame: pd.DataFrame) -> str:
     lines = [f"{len(frame) - len(failed)} ok, {len(failed)} failed of {len(frame)} clips"]
     for reason, group in failed.groupby("error_reason"):
         lines.append(f"  {reason}: {len(group)}")
-        for _, row in group.head(3).iterrows():
+        for _, row in group.head(SUMMARY_EXAMPLES).iterrows():
             lines.append(f"    {row['clip_id']}: {row['error']}")
+        if len(group) > SUMMARY_EXAMPLES:
+            lines.append(f"    ... and {len(group) - SUMMARY_EXAMPLES} more (see the store's error column)")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from avser.data.splits import SplitConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
@@ -46,6 +47,9 @@ class TrainConfig:
     # num_workers * cpus_per_worker below the cluster's CPU count.
     cpus_per_worker: float = 1.0
     torch_threads: int | None = None  # None -> what Ray allots (cpus_per_worker)
+    # CPUs each Ray Data read task of the feature store asks for: reading is
+    # light, and a whole CPU per task could not be scheduled next to the workers.
+    data_cpus: float = 0.25
     use_gpu: bool = False
     mixed_precision: bool = True  # bf16 autocast, GPU only
     max_failures: int = 2
@@ -72,3 +76,19 @@ class DataPrepConfig:
     manifest: str = "out/synthetic.parquet"
     store: str = "out/store-synthetic"
     preprocess_config: str | None = "configs/preprocess_synthetic.yaml"
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make relative paths absolute: Ray Train and Tune run the loop and the
+    trial drivers in their own working directories."""
+    init_kind, _, init_where = cfg.init.partition(":")
+    return replace(
+        cfg,
+        model_config=_absolute(cfg.model_config),
+        storage_path=_absolute(cfg.storage_path),
+        init=f"checkpoint:{_absolute(init_where)}" if init_kind == "checkpoint" else cfg.init,
+    )

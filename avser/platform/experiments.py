@@ -24,7 +24,7 @@ from avser.data.splits import Split, make_splits
 from avser.errors import AvserError
 from avser.models.config import ModelConfig
 from avser.platform import tracking
-from avser.platform.config import TrainConfig
+from avser.platform.config import TrainConfig, resolve_paths
 
 META_COLUMNS = ["clip_id", "corpus", "speaker", "label", "label_name", "status", "source_key"]
 SPEECH_COLUMNS = ["clip_id", "label", "logmel", "logmel_shape"]
@@ -85,20 +85,22 @@ def _keep_clips(batch: pa.Table, ids: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch["clip_id"], value_set=ids))
 
 
-def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, stage: str) -> dict[str, Any]:
+def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: TrainConfig) -> dict[str, Any]:
     """Ray datasets of one split, read lazily from the store's part files."""
     import ray.data
 
     files = [str(p) for p in feature_store.part_files(store)]
-    columns = SPEECH_COLUMNS if stage == "pretrain" else None
-    source = ray.data.read_parquet(files, columns=columns)
+    columns = SPEECH_COLUMNS if cfg.stage == "pretrain" else None
+    source = ray.data.read_parquet(files, columns=columns,
+                                   ray_remote_args={"num_cpus": cfg.data_cpus})
     datasets = {}
     for name, index in (("train", split.train), ("val", split.val), ("test", split.test)):
         if index is None or len(index) == 0:
             continue
         ids = pa.array(sorted(meta["clip_id"].iloc[index]))
         datasets[name] = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
-                                            batch_format="pyarrow", batch_size=None)
+                                            batch_format="pyarrow", batch_size=None,
+                                            num_cpus=cfg.data_cpus)
     datasets["train_eval"] = datasets["train"]
     return datasets
 
@@ -142,6 +144,7 @@ def _parent_run(cfg: TrainConfig, splits: list[Split], tags: dict[str, str], key
 
 def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str] | None = None,
                  shard_log_dir: str | None = None) -> ExperimentResult:
+    cfg = resolve_paths(cfg)
     meta = load_store_meta(store)
     labels = label_names_of(meta)
     model_cfg = model_config_for(cfg, len(labels))
@@ -157,7 +160,8 @@ def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str]
     folds = []
     for split in splits:
         folds.append(_run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash,
-                               {"experiment": cfg.experiment, "tags": {**tags, "split": split.name},
+                               {"experiment": cfg.experiment, "uri": tracking.tracking_uri(),
+                                "tags": {**tags, "split": split.name},
                                 "parent_run_id": parent_id, "register": True,
                                 "shard_log_dir": shard_log_dir}))
     result = ExperimentResult(folds=folds, summary=_summarize(folds), parent_run_id=parent_id)
@@ -173,7 +177,7 @@ def _run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash, trackin
 
     run_name = run_name_for(cfg, model_cfg, split.name, corpus, dhash)
     loop_config = loop_config_for(cfg, model_cfg, labels, run_name, tracking_info)
-    trainer = trainer_for(loop_config, datasets_for(store, meta, split, cfg.stage), cfg, run_name)
+    trainer = trainer_for(loop_config, datasets_for(store, meta, split, cfg), cfg, run_name)
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return FoldResult(split.name, run_name, dict(result.metrics or {}), checkpoint)

@@ -1,18 +1,21 @@
 """Ray Data: manifest -> feature store.
 
-The per-clip feature functions run in ``map_batches`` on a pool of CPU
+The per-clip feature functions run in ``map_batches`` on a fixed pool of CPU
 actors; each actor loads its landmark model once. Rows stream back to the
 driver, which writes them as part files every ``rows_per_part`` rows, so a
 crash loses at most one part's worth of work and a re-run computes only the
-clips whose ``source_key`` is not yet stored.
+clips whose ``source_key`` is not yet finished in the store.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -23,7 +26,16 @@ from avser.data.manifest import Clip, read_manifest
 from avser.errors import AvserError
 from avser.features.clip import extract_clip
 from avser.features.config import FeatureConfig
-from avser.platform.config import PreprocessConfig
+
+if TYPE_CHECKING:
+    # Annotations only: every actor imports this module, and avser.platform.config
+    # pulls in the training stack (scikit-learn), which featurizing never uses.
+    from avser.platform.config import PreprocessConfig
+
+# A progress bar redraws in place on a terminal; in a log file (``ray job
+# logs``, CI) every redraw is a new line, so there it redraws this rarely.
+LOG_PROGRESS_INTERVAL_S = 30.0
+TTY_PROGRESS_INTERVAL_S = 0.1  # tqdm's own default
 
 
 @dataclass
@@ -34,6 +46,8 @@ class PreprocessReport:
     failed: int
     seconds: float
     summary: str
+    # Failed clips of the manifest per error reason, e.g. {"no_face": 2}.
+    failures: dict[str, int]
 
 
 def featurize_clip(clip: Clip, key: str, cfg: FeatureConfig, landmarker) -> dict[str, Any]:
@@ -46,8 +60,9 @@ def featurize_clip(clip: Clip, key: str, cfg: FeatureConfig, landmarker) -> dict
         return feature_store.error_row(clip, key, reason, f"clip {clip.clip_id}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one broken clip must not stop the job
         message = (f"clip {clip.clip_id}: unexpected {type(exc).__name__}: {exc} "
-                   "(a bug in avser or a library; please report it with this clip)")
-        return feature_store.error_row(clip, key, "internal", message)
+                   "(a bug in avser or a library; please report it with this clip; "
+                   "the next run tries this clip again)")
+        return feature_store.error_row(clip, key, feature_store.REASON_INTERNAL, message)
 
 
 def _make_landmarker(cfg: FeatureConfig):
@@ -76,7 +91,7 @@ def plan(manifest: pd.DataFrame, store: str | Path, cfg: FeatureConfig) -> pd.Da
     chash = configlib.config_hash(cfg)
     keys = [feature_store.source_key(c, chash) for c in feature_store.manifest_clips(manifest)]
     keyed = manifest.assign(source_key=keys)
-    return keyed[~keyed["source_key"].isin(feature_store.stored_keys(store))]
+    return keyed[~keyed["source_key"].isin(feature_store.finished_keys(store))]
 
 
 def _actor_count(cfg: PreprocessConfig, n_clips: int) -> int:
@@ -91,6 +106,7 @@ def _actor_count(cfg: PreprocessConfig, n_clips: int) -> int:
 def _feature_dataset(todo: pd.DataFrame, cfg: PreprocessConfig):
     import ray
 
+    # Ray Data's own bars would print per operator; the driver keeps one bar.
     ray.data.DataContext.get_current().enable_progress_bars = False
     chunks = [todo.iloc[i : i + cfg.clips_per_batch]
               for i in range(0, len(todo), cfg.clips_per_batch)]
@@ -99,47 +115,78 @@ def _feature_dataset(todo: pd.DataFrame, cfg: PreprocessConfig):
         fn_constructor_args=(configlib.to_dict(cfg.features),),
         batch_size=cfg.clips_per_batch,
         batch_format="pandas",
-        concurrency=_actor_count(cfg, len(todo)),
+        compute=ray.data.ActorPoolStrategy(size=_actor_count(cfg, len(todo))),
         num_cpus=cfg.cpus_per_actor,
+        # One row out per clip in: lets Ray Data plan without counting rows.
+        udf_modifying_row_count=False,
     )
 
 
-def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> None:
+def _progress_interval(stream) -> float:
+    isatty = getattr(stream, "isatty", None)
+    return TTY_PROGRESS_INTERVAL_S if isatty and isatty() else LOG_PROGRESS_INTERVAL_S
+
+
+def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
+    stream = sys.stderr  # where tqdm writes
+    return tqdm(total=total, unit="clip", desc="features", disable=not enabled, file=stream,
+                mininterval=_progress_interval(stream))
+
+
+def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> None:
     buffered: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
-    for batch in _feature_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = batch.to_pylist()
-        buffered.extend(rows)
-        bar.update(len(rows))
-        bar.set_postfix(failed=sum(r["status"] != feature_store.STATUS_OK for r in buffered))
-        if len(buffered) >= cfg.rows_per_part:
+    failed = 0
+    batches = _feature_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="pyarrow")
+    # closing(): if writing a part fails, stop the actors now, not at garbage collection.
+    with _progress_bar(len(todo), progress) as bar, closing(iter(batches)) as stream:
+        for batch in stream:
+            rows = batch.to_pylist()
+            buffered.extend(rows)
+            failed += sum(r["status"] != feature_store.STATUS_OK for r in rows)
+            # refresh=False: a forced redraw per batch would defeat mininterval.
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update(len(rows))
+            if len(buffered) >= cfg.rows_per_part:
+                feature_store.write_part(buffered, store)
+                buffered = []
+        if buffered:
             feature_store.write_part(buffered, store)
-            buffered = []
-    if buffered:
-        feature_store.write_part(buffered, store)
-    bar.close()
+
+
+def _check_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
+    if manifest.empty:
+        raise AvserError(f"manifest {path} lists no clips; check the corpus root it was made from")
+    repeated = manifest["clip_id"][manifest["clip_id"].duplicated()].unique()
+    if len(repeated):
+        raise AvserError(
+            f"manifest {path} lists clip id(s) {list(repeated[:5])} more than once; "
+            "every clip must appear once: re-create the manifest with `avser manifest`"
+        )
 
 
 def run_preprocess(
     manifest_path: str | Path, store: str | Path, cfg: PreprocessConfig, progress: bool = True
 ) -> PreprocessReport:
-    """Compute every manifest clip not yet in ``store``; print a failure summary."""
+    """Compute every manifest clip not yet finished in ``store``; report failures by reason."""
     start = time.perf_counter()
     store = Path(store)
     manifest = read_manifest(manifest_path)
+    _check_manifest(manifest, manifest_path)
     todo = plan(manifest, store, cfg.features)
     if len(todo):
         _stream_to_store(todo, store, cfg, progress)
-    rows = feature_store.read_store(store)
+        feature_store.drop_superseded(store)
+    rows = feature_store.read_store(store, ["status", "error", "error_reason"])
     rows = rows[rows["clip_id"].isin(manifest["clip_id"])]
-    failed = int((rows["status"] != feature_store.STATUS_OK).sum())
+    failed = rows[rows["status"] != feature_store.STATUS_OK]
     return PreprocessReport(
         total=len(manifest),
         computed=len(todo),
         skipped=len(manifest) - len(todo),
-        failed=failed,
+        failed=len(failed),
         seconds=time.perf_counter() - start,
         summary=feature_store.failure_summary(rows),
+        failures=dict(sorted(Counter(failed["error_reason"]).items())),
     )

@@ -23,7 +23,7 @@ from avser.data.splits import make_splits
 from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
 from avser.models.factory import build_model, example_inputs
 from avser.platform import tracking
-from avser.platform.config import TrainConfig
+from avser.platform.config import TrainConfig, resolve_paths
 from avser.platform.experiments import label_names_of, load_store_meta, model_config_for
 from avser.platform.finalize import CANDIDATE_ALIAS, load_hybrid_features
 from avser.platform.tune import (
@@ -135,7 +135,8 @@ def _log_search(parent_id: str, trials: pd.DataFrame, tcfg: TuneConfig, best_par
 
 
 def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
-    base = configlib.load(TrainConfig, tcfg.train_config, [*tcfg.train_overrides, "stage=fusion"])
+    base = resolve_paths(configlib.load(TrainConfig, tcfg.train_config,
+                                        [*tcfg.train_overrides, "stage=fusion"]))
     meta = load_store_meta(store)
     labels = label_names_of(meta)
     split = make_splits(meta, base.split)[base.fold or 0]
@@ -146,7 +147,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     tracking.log_params(parent_id, {"tune": tcfg, "base": base})
     job = TuneJob(base=configlib.to_dict(base), store=str(Path(store).resolve()), split=split,
                   meta=meta, label_names=labels, name=tcfg.name,
-                  tracking={"experiment": tcfg.experiment, "tags": tags,
+                  tracking={"experiment": tcfg.experiment, "uri": tracking.tracking_uri(), "tags": tags,
                             "parent_run_id": parent_id, "register": False})
     tuner, restored = build_tuner(tcfg, job)
     if restored:

@@ -87,9 +87,12 @@ class ParamConflictError(AvserError):
 # --- store ------------------------------------------------------------------
 
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the local ``sqlite:///<abs>/mlruns/mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = os.environ.get(TRACKING_URI_ENV)
     if uri:
         return uri
     store_dir = DEFAULT_STORE_DIR.resolve()

@@ -206,6 +206,9 @@ def _start_tracking(ctx: LoopContext, state: LoopState) -> None:
     """Rank 0 opens (or, after a restart, re-opens) the run's MLflow run."""
     from avser.platform import tracking
 
+    # The driver resolved the store (a relative default would land in this
+    # worker's own working directory); this process logs only there.
+    os.environ[tracking.TRACKING_URI_ENV] = ctx.tracking["uri"]
     if state.mlflow_run_id is None:
         state.mlflow_run_id = tracking.start_run(
             ctx.tracking["experiment"], run_key=ctx.run_name, run_name=ctx.run_name,
@@ -327,7 +330,7 @@ def _check_data_cpus(cfg: TrainConfig) -> None:
 
     total = ray.cluster_resources().get("CPU", 0.0)
     wanted = cfg.num_workers * cfg.cpus_per_worker
-    if wanted >= total:
+    if total - wanted < cfg.data_cpus:
         print(f"warning: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPUs take all {total:g} "
               "CPUs of the cluster; Ray Data cannot read the feature store and training will "
               "hang unless the cluster scales up. Lower cpus_per_worker (use torch_threads for "

@@ -79,7 +79,8 @@ class TuneConfig:
     klda_search: KLDASearchConfig = field(default_factory=KLDASearchConfig)
     max_failures: int = 1  # per trial, Tune level (Train level: the train config's)
     storage_path: str = "ray_results"
-    driver_cpus: float = 0.0  # the trial driver only waits on its TorchTrainer
+    # The trial driver only waits on its TorchTrainer; Tune refuses 0, so a sliver.
+    driver_cpus: float = 0.01
     register_as: str = "avser"
 
 
@@ -154,7 +155,7 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     run_name = f"{job.name}-{trial_id}"
     tracking_info = {**job.tracking, "tags": {**job.tracking["tags"], "trial_id": trial_id}}
     loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name, tracking_info)
-    datasets = datasets_for(job.store, job.meta, job.split, cfg.stage)
+    datasets = datasets_for(job.store, job.meta, job.split, cfg)
     trainer_for(loop_config, datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
 
 

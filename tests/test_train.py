@@ -1,0 +1,410 @@
+"""Ray Train on the tiny model and a small synthetic feature store.
+
+One local Ray (4 logical CPUs, on loopback), one synthetic store and one
+two-worker DDP fusion run are shared by the module; the MLflow store is a
+sqlite file in the test's temp dir. What each test shows:
+
+- DDP over gloo with two CPU workers trains, and the two workers see
+  disjoint shards that together are the training split.
+- MLflow holds the run's params, per-epoch and test metrics, the PNG
+  figures, and a registered ``avser@candidate`` that predicts exactly what
+  the final checkpoint's network predicts.
+- A training job killed after its first checkpoint and started again
+  resumes at the next epoch, into the same MLflow run (own subprocess, own
+  Ray, killed as a whole session).
+- Pretraining on speech-only rows registers ``avser-racnn``, and the fusion
+  model built with ``init=checkpoint:<folder>`` starts from its RACNN.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import avser.platform  # noqa: F401  (keeps a local Ray on loopback; before ray is imported)
+from avser import config as configlib
+from avser.batches import collate
+from avser.data import store as feature_store
+from avser.data.splits import make_splits
+from avser.models.factory import build_model, racnn_input_config
+from avser.models.fusion import AudioVisualSER
+from avser.platform import tracking
+from avser.platform.config import DataPrepConfig, TrainConfig, resolve_paths
+from avser.platform.experiments import (
+    ExperimentResult,
+    label_names_of,
+    load_store_meta,
+    model_config_for,
+    run_training,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+SMOKE_CONFIG = REPO / "configs" / "train_smoke.yaml"
+TINY_MODEL = REPO / "configs" / "model" / "tiny.yaml"
+# 24 clips, 4 per emotion: the smoke split leaves 14 training clips, an even
+# number, so two equal DDP shards hold every one of them.
+N_CLIPS = 24
+RAY_CPUS = 4  # logical: two 1-CPU workers leave two for Ray Data on this 2-core box
+EXPERIMENT = "avser-test-train"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PER_EPOCH = ("train_loss", "train_wa", "val_loss", "val_wa", "val_ua", "val_f1")
+TEST_METRICS = ("test_loss", "test_wa", "test_ua", "test_f1")
+VISUAL_COLUMNS = ("face_jpegs", "landmarks", "keyframe_index")
+
+pytestmark = pytest.mark.timeout(1200)
+
+
+def train_config(storage: Path, run_name: str, *overrides: str) -> TrainConfig:
+    return configlib.load(TrainConfig, SMOKE_CONFIG, [
+        f"model_config={TINY_MODEL}", f"storage_path={storage}", f"run_name={run_name}",
+        f"experiment={EXPERIMENT}", *overrides,
+    ])
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def ray_local(workdir):
+    """One local Ray for the module; its workers log to the test's MLflow store."""
+    import ray
+
+    from avser.platform.cluster import init_ray
+
+    patch = pytest.MonkeyPatch()
+    # Set before Ray starts: the Train workers inherit the driver's environment.
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    patch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():  # another module's Ray would not carry this environment
+        ray.shutdown()
+    init_ray(num_cpus=RAY_CPUS)
+    yield
+    ray.shutdown()
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def store(ray_local, workdir) -> Path:
+    """A synthetic corpus -> manifest -> feature store (Ray Data)."""
+    from avser.platform.dataprep import prepare_store
+
+    cfg = DataPrepConfig(corpus="synthetic", root=str(workdir / "synthetic"), synth_clips=N_CLIPS,
+                         manifest=str(workdir / "synthetic.parquet"), store=str(workdir / "store"),
+                         preprocess_config=str(REPO / "configs" / "preprocess_synthetic.yaml"))
+    path = prepare_store(cfg, progress=False)
+    meta = load_store_meta(path)
+    assert len(meta) == N_CLIPS, "every synthetic clip should preprocess cleanly"
+    return path
+
+
+@dataclass
+class FusionRun:
+    cfg: TrainConfig
+    result: ExperimentResult
+    shard_dir: Path
+
+
+@pytest.fixture(scope="module")
+def ddp_fusion_run(ray_local, store, workdir) -> FusionRun:
+    """Two gloo workers (1 CPU each), two epochs of the tiny fusion model."""
+    cfg = train_config(workdir / "ray", "ddp", "num_workers=2", "cpus_per_worker=1",
+                       "optim.max_epochs=2", "optim.patience=5")
+    shard_dir = workdir / "shards"
+    result = run_training(cfg, store, shard_log_dir=str(shard_dir))
+    return FusionRun(cfg, result, shard_dir)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def split_of(store: Path, cfg: TrainConfig):
+    meta = load_store_meta(store)
+    (split,) = make_splits(meta, cfg.split)
+    return meta, split
+
+
+def model_cfg_of(store: Path, cfg: TrainConfig):
+    return model_config_for(resolve_paths(cfg), len(label_names_of(load_store_meta(store))))
+
+
+def metric_history(run_id: str, key: str) -> list:
+    return sorted(tracking.client().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def store_batch(store: Path, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of the store as ``iter_batches(batch_format="numpy")`` gives them."""
+    rows = feature_store.read_store(store).head(n)
+    return {column: rows[column].to_numpy() for column in rows.columns}
+
+
+def session_pids(sid: int) -> set[int]:
+    """Live (not zombie) processes of session ``sid``: a job's driver and its whole Ray."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True,
+                         check=True).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {int(pid) for pid, s, stat in rows if int(s) == sid and not stat.startswith("Z")}
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL every process of the session ``proc`` leads and wait until none is left.
+    Ray's actors set their own process group but stay in the driver's session."""
+    deadline = time.time() + timeout
+    while True:
+        pids = session_pids(proc.pid)
+        if not pids:
+            break
+        if time.time() > deadline:
+            raise AssertionError(f"processes {sorted(pids)} of the killed job survive")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    proc.wait(timeout=timeout)
+
+
+def snapshot_checkpoints(run_dir: Path) -> list[dict]:
+    """Checkpoints Ray Train has registered for the run (what a restart restores)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("checkpoint_results", [])
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return []
+
+
+def speech_only_copy(store: Path, target: Path) -> Path:
+    """The store with every visual column emptied: rows like a speech corpus's."""
+    target.mkdir(parents=True)
+    for part in feature_store.part_files(store):
+        table = pq.read_table(part)
+        for name in VISUAL_COLUMNS:
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(name),
+                                     pa.nulls(len(table), table.schema.field(name).type))
+        pq.write_table(table, target / part.name)
+    return target
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_ddp_two_workers_train_on_disjoint_shards(ddp_fusion_run, store):
+    cfg, result = ddp_fusion_run.cfg, ddp_fusion_run.result
+    (fold,) = result.folds
+    assert fold.metrics["done"] == 1 and fold.checkpoint_path
+    for key in ("final_train_loss", "final_val_loss", "test_loss"):
+        assert math.isfinite(fold.metrics[key]), key
+    for key in ("test_wa", "test_ua", "test_f1"):
+        assert 0.0 <= fold.metrics[key] <= 1.0, key
+
+    run_id = tracking.find_run(EXPERIMENT, fold.run_name)
+    losses = metric_history(run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1]
+    assert all(math.isfinite(m.value) for m in losses)
+
+    shards = {path.name: set(json.loads(path.read_text()))
+              for path in sorted(ddp_fusion_run.shard_dir.glob("rank*.json"))}
+    assert set(shards) == {"rank0.json", "rank1.json"}, "both DDP ranks log what they trained on"
+    rank0, rank1 = shards["rank0.json"], shards["rank1.json"]
+    assert rank0 and rank1, "each worker trains on some clips"
+    assert not rank0 & rank1, f"ranks share clips {sorted(rank0 & rank1)}"
+    meta, split = split_of(store, cfg)
+    assert rank0 | rank1 == set(meta["clip_id"].iloc[split.train])
+
+
+def test_mlflow_holds_params_metrics_figures_and_candidate(ddp_fusion_run, store, tmp_path):
+    cfg, (fold,) = ddp_fusion_run.cfg, ddp_fusion_run.result.folds
+    client = tracking.client()
+    run_id = tracking.find_run(EXPERIMENT, fold.run_name)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+
+    params = run.data.params
+    model_cfg = model_cfg_of(store, cfg)
+    assert params["train.stage"] == "fusion"
+    assert params["train.num_workers"] == "2"
+    assert float(params["train.optim.lr"]) == cfg.optim.lr
+    assert params["train.split.protocol"] == "random"
+    assert params["model.n_classes"] == str(model_cfg.n_classes) == "6"
+    assert params["model.racnn.input_size"] == "64"
+
+    for key in PER_EPOCH:
+        history = metric_history(run_id, key)
+        assert [m.step for m in history] == [0, 1], key
+        assert all(math.isfinite(m.value) for m in history), key
+    metrics = run.data.metrics
+    for key in (*TEST_METRICS, "klda_test_ua", "final_val_ua"):
+        assert metrics[key] == pytest.approx(fold.metrics[key]), key
+
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert {"figures/confusion_test.png", "figures/curves.png"} <= figures
+    for name in ("confusion_test.png", "curves.png"):
+        local = client.download_artifacts(run_id, f"figures/{name}", str(tmp_path))
+        assert Path(local).read_bytes()[:8] == PNG_MAGIC, name
+
+    version = client.get_model_version_by_alias("avser", "candidate")
+    assert version.run_id == run_id
+
+    # The final checkpoint's weights in a fresh network vs. the registered model.
+    network = AudioVisualSER.from_config(model_cfg)
+    network.load_state_dict(torch.load(Path(fold.checkpoint_path) / "model.pt", map_location="cpu"))
+    network.eval()
+    inputs = collate(store_batch(store, 4), model_cfg.appearance.image_size, model_cfg.keyframes)
+    assert bool(inputs.visual_mask.all()), "the synthetic clips all have faces"
+    kwargs = inputs.model_kwargs(torch.device("cpu"),
+                                 racnn_input_config(model_cfg, cfg.racnn_input.overlap))
+    with torch.no_grad():
+        expected = network(**kwargs)[0].numpy()
+
+    registered = tracking.load_registered("avser", "candidate")
+    logits = registered.predict({name: tensor.numpy() for name, tensor in kwargs.items()})
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
+    module = tracking.load_torch_model(tracking.registered_model_uri("avser", "candidate"))
+    with torch.no_grad():
+        np.testing.assert_allclose(module(**kwargs)[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, workdir, monkeypatch):
+    speech_store = speech_only_copy(store, workdir / "store-speech")
+    rows = feature_store.read_store(speech_store, ["clip_id", "face_jpegs", "landmarks"])
+    assert rows["face_jpegs"].isna().all() and rows["landmarks"].isna().all()
+
+    cfg = train_config(workdir / "ray", "pretrain", "stage=pretrain", "num_workers=1",
+                       "optim.max_epochs=1")
+    (fold,) = run_training(cfg, speech_store).folds
+    assert math.isfinite(fold.metrics["final_train_loss"])
+
+    client = tracking.client()
+    run_id = tracking.find_run(EXPERIMENT, fold.run_name)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    version = client.get_model_version_by_alias("avser-racnn", "candidate")
+    assert version.run_id == run_id
+    assert [m.step for m in metric_history(run_id, "train_loss")] == [0]
+
+    checkpoint = Path(fold.checkpoint_path)
+    pretrained = torch.load(checkpoint / "model.pt", map_location="cpu")
+    assert any(key.startswith("speech_head.") for key in pretrained), "a SpeechEmotionNet checkpoint"
+
+    # jobs/train_fusion.py --init checkpoint:<folder> must reach the training config.
+    job = _load_job("train_fusion")
+    captured = {}
+    monkeypatch.setattr(job, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(job, "print_result", lambda result: None)
+    monkeypatch.setattr(job, "run_training", lambda cfg, store: captured.setdefault("cfg", cfg))
+    assert job.main(["--store", str(store), "--config", str(SMOKE_CONFIG),
+                     "--init", f"checkpoint:{checkpoint}"]) == 0
+    fusion_cfg = resolve_paths(captured["cfg"])
+    assert fusion_cfg.stage == "fusion" and fusion_cfg.init == f"checkpoint:{checkpoint}"
+
+    model_cfg = model_cfg_of(store, fusion_cfg)
+    for init in (fusion_cfg.init, "registry:avser-racnn@candidate"):
+        fusion = build_model("fusion", model_cfg, init)
+        racnn = fusion.racnn.state_dict()
+        assert racnn.keys() == {k[len("racnn."):] for k in pretrained if k.startswith("racnn.")}
+        for key, value in racnn.items():
+            assert torch.equal(value, pretrained[f"racnn.{key}"]), f"{init}: racnn.{key}"
+    scratch = build_model("fusion", model_cfg).racnn.state_dict()
+    assert any(not torch.equal(v, pretrained[f"racnn.{k}"]) for k, v in scratch.items()), \
+        "a scratch RACNN should differ from the pretrained one"
+
+
+def _load_job(name: str):
+    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(MLFLOW_TRACKING_URI=uri, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
+    experiment, run_name, epochs = "avser-resume", "resume", 3
+    command = [PYTHON, "jobs/train_fusion.py", "--store", str(store), "--config", str(SMOKE_CONFIG),
+               "--run-name", run_name, "--set", f"optim.max_epochs={epochs}",
+               "--set", "optim.patience=10", "--set", f"storage_path={tmp_path / 'ray'}",
+               "--set", f"experiment={experiment}", "--set", f"model_config={TINY_MODEL}"]
+    run_dir = tmp_path / "ray" / f"{run_name}-random"  # <run name>-<split name>
+
+    def start(log_name: str) -> subprocess.Popen:
+        # A session of its own: the job and the local Ray it starts die together.
+        return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                                stdout=(tmp_path / log_name).open("w"), stderr=subprocess.STDOUT)
+
+    first = start("first.log")
+    try:
+        deadline = time.time() + 900
+        while not snapshot_checkpoints(run_dir):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 15 minutes"
+            time.sleep(0.2)
+    finally:
+        kill_session(first)
+    killed_at = time.time()
+    (checkpoint,) = snapshot_checkpoints(run_dir)
+    assert checkpoint["metrics"]["epoch"] == 0
+
+    with tracking_env(uri):
+        run_id = tracking.find_run(experiment, f"{run_name}-random")
+        assert tracking.client().get_run(run_id).info.status == "RUNNING"
+        assert [m.step for m in metric_history(run_id, "epoch")] == [0]
+
+    restarted_at = time.time()
+    second = start("second.log")
+    try:
+        assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        kill_session(second)  # the job's Ray leftovers, if any
+
+    with tracking_env(uri):
+        client = tracking.client()
+        found = client.search_runs(
+            [client.get_experiment_by_name(experiment).experiment_id],
+            filter_string=f"tags.`{tracking.RUN_KEY_TAG}` = '{run_name}-random'")
+        assert [r.info.run_id for r in found] == [run_id], "one MLflow run for the run key"
+        assert client.get_run(run_id).info.status == "FINISHED"
+        for key in ("epoch", "train_loss", "val_loss"):
+            history = metric_history(run_id, key)
+            assert [m.step for m in history] == list(range(epochs)), key
+        epoch_0, *later = metric_history(run_id, "train_loss")
+        # Epoch 0 is the killed job's; the restarted job began at epoch 1.
+        assert epoch_0.timestamp < killed_at * 1000
+        assert all(m.timestamp > restarted_at * 1000 for m in later)
+        assert epoch_0.value == pytest.approx(checkpoint["metrics"]["train_loss"])
+        assert client.get_model_version_by_alias("avser", "candidate").run_id == run_id
+
+
+class tracking_env:
+    """Point this process's tracking helpers at another MLflow store for a block."""
+
+    def __init__(self, uri: str) -> None:
+        self.patch = pytest.MonkeyPatch()
+        self.uri = uri
+
+    def __enter__(self):
+        self.patch.setenv("MLFLOW_TRACKING_URI", self.uri)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.patch.undo()
