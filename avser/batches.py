@@ -99,6 +99,8 @@ def collate(
         faces=torch.from_numpy(faces),
         landmarks=torch.from_numpy(landmarks),
         visual_mask=torch.from_numpy(mask),
-        labels=torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
+        # A copy: Ray Data and pandas hand out read-only (zero-copy Arrow) arrays,
+        # which torch warns about sharing.
+        labels=torch.from_numpy(np.array(batch["label"], dtype=np.int64)),
     )
 

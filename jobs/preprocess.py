@@ -1,6 +1,9 @@
 """Ray Data job: manifest -> feature store.
 
     python jobs/preprocess.py --manifest M.parquet --out STORE [--landmarks dlib]
+
+Exits 0 when at least one clip is usable (failed clips are listed by reason),
+1 when no clip of the manifest could be featurized: a wrong backend or paths.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from avser import config
 from avser.platform.cluster import init_ray
 from avser.platform.config import PreprocessConfig
 from avser.platform.preprocess import run_preprocess
+
+EXIT_NOTHING_USABLE = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report.total} clips: {report.computed} computed, {report.skipped} already stored, "
           f"{report.seconds:.1f} s")
     print(report.summary)
+    if report.failed == report.total:
+        print("no clip could be featurized: fix the reasons above and run again "
+              "(a clip is recomputed when its files or the config change)")
+        return EXIT_NOTHING_USABLE
     return 0
 
 

@@ -363,6 +363,17 @@ def test_job_main_end_to_end(corpus, ray_local, tmp_path, capsys):
     assert 1 <= redraws <= 2 + int(seconds // preprocess.LOG_PROGRESS_INTERVAL_S), err
 
 
+def test_job_exits_1_when_no_clip_is_usable(corpus, resumed, tmp_path, capsys, monkeypatch):
+    broken = [c for c in corpus.clips if c.clip_id in EXPECTED_FAILURES]
+    manifest = write_manifest(broken, tmp_path / "broken.parquet")
+    forbid_per_clip_work(monkeypatch)  # all stored already: the exit code comes from the store
+    argv = ["--manifest", str(manifest), "--out", str(resumed.store), "--config", str(CONFIG)]
+    job = load_job()
+    assert job.main(argv) == job.EXIT_NOTHING_USABLE
+    out = capsys.readouterr().out
+    assert "0 ok, 3 failed of 3 clips" in out and "no clip could be featurized" in out
+
+
 def test_manifest_with_a_repeated_clip_id_is_refused(corpus, tmp_path):
     manifest = write_manifest(corpus.clips[:2] + corpus.clips[:1], tmp_path / "twice.parquet")
     with pytest.raises(AvserError, match=corpus.clips[0].clip_id):

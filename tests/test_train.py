@@ -340,7 +340,7 @@ def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(MLFLOW_TRACKING_URI=uri, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
-    experiment, run_name, epochs = "avser-resume", "resume", 3
+    experiment, run_name, epochs = "avser-resume", "resume", 2
     command = [PYTHON, "jobs/train_fusion.py", "--store", str(store), "--config", str(SMOKE_CONFIG),
                "--run-name", run_name, "--set", f"optim.max_epochs={epochs}",
                "--set", "optim.patience=10", "--set", f"storage_path={tmp_path / 'ray'}",

@@ -50,6 +50,11 @@ class TrainConfig:
     # CPUs each Ray Data read task of the feature store asks for: reading is
     # light, and a whole CPU per task could not be scheduled next to the workers.
     data_cpus: float = 0.25
+    # Read the store into Ray's object store once, before the workers start:
+    # epochs then cost no Parquet reads, and no read task has to wait for a CPU
+    # the training workers hold. False streams from Parquet every epoch (corpora
+    # larger than the object store, on a cluster).
+    materialize: bool = True
     use_gpu: bool = False
     mixed_precision: bool = True  # bf16 autocast, GPU only
     max_failures: int = 2

@@ -98,9 +98,9 @@ def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: Train
         if index is None or len(index) == 0:
             continue
         ids = pa.array(sorted(meta["clip_id"].iloc[index]))
-        datasets[name] = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
-                                            batch_format="pyarrow", batch_size=None,
-                                            num_cpus=cfg.data_cpus)
+        subset = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
+                                    batch_format="pyarrow", batch_size=None, num_cpus=cfg.data_cpus)
+        datasets[name] = subset.materialize() if cfg.materialize else subset
     datasets["train_eval"] = datasets["train"]
     return datasets
 

@@ -48,6 +48,9 @@ class PreprocessReport:
     summary: str
     # Failed clips of the manifest per error reason, e.g. {"no_face": 2}.
     failures: dict[str, int]
+    # Seconds until the first computed rows came back: the fixed cost of a run
+    # (actor start-up, landmark model, one batch); None when nothing was computed.
+    first_rows_s: float | None = None
 
 
 def featurize_clip(clip: Clip, key: str, cfg: FeatureConfig, landmarker) -> dict[str, Any]:
@@ -135,13 +138,16 @@ def _progress_bar(total: int, enabled: bool):
                 mininterval=_progress_interval(stream))
 
 
-def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> None:
+def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> float:
+    """Compute ``todo`` into new part files; returns when (perf_counter) the first rows came."""
     buffered: list[dict[str, Any]] = []
     failed = 0
+    first_rows_at = None
     batches = _feature_dataset(todo, cfg).iter_batches(batch_size=None, batch_format="pyarrow")
     # closing(): if writing a part fails, stop the actors now, not at garbage collection.
     with _progress_bar(len(todo), progress) as bar, closing(iter(batches)) as stream:
         for batch in stream:
+            first_rows_at = first_rows_at or time.perf_counter()
             rows = batch.to_pylist()
             buffered.extend(rows)
             failed += sum(r["status"] != feature_store.STATUS_OK for r in rows)
@@ -153,6 +159,7 @@ def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, pro
                 buffered = []
         if buffered:
             feature_store.write_part(buffered, store)
+    return first_rows_at
 
 
 def _check_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
@@ -175,8 +182,9 @@ def run_preprocess(
     manifest = read_manifest(manifest_path)
     _check_manifest(manifest, manifest_path)
     todo = plan(manifest, store, cfg.features)
+    first_rows_s = None
     if len(todo):
-        _stream_to_store(todo, store, cfg, progress)
+        first_rows_s = _stream_to_store(todo, store, cfg, progress) - start
         feature_store.drop_superseded(store)
     rows = feature_store.read_store(store, ["status", "error", "error_reason"])
     rows = rows[rows["clip_id"].isin(manifest["clip_id"])]
@@ -189,4 +197,5 @@ def run_preprocess(
         seconds=time.perf_counter() - start,
         summary=feature_store.failure_summary(rows),
         failures=dict(sorted(Counter(failed["error_reason"]).items())),
+        first_rows_s=first_rows_s,
     )
