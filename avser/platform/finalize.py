@@ -85,6 +85,9 @@ def register(ctx, model, run_id: str) -> str | None:
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
     metrics["best_epoch"] = state.best_epoch
+    # Tune's scheduler reads val_ua from every report, the final one included:
+    # there it is the best epoch's (restored weights) validation UA.
+    metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
     torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
     save_hybrid_features(splits, folder)
     Path(folder, "labels.json").write_text(json.dumps(ctx.label_names))
