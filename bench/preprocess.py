@@ -124,8 +124,9 @@ def print_table(timings: list[Timing]) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     plain = {t.backend: t.seconds for t in timings if t.mode == PLAIN}
     for t in timings:
-        print(f"| {t.backend} | {t.mode} | {t.clips} | {t.seconds:.1f} | {t.clips / t.seconds:.2f} | "
-              f"{plain[t.backend] / t.seconds:.2f}x | {t.first_rows_s:.1f} | {t.failed} |")
+        print(f"| {t.backend} | {t.mode} | {t.clips} | {t.seconds:.1f} | "
+              f"{t.clips / t.seconds:.2f} | {plain[t.backend] / t.seconds:.2f}x | "
+              f"{t.first_rows_s:.1f} | {t.failed} |")
 
 
 def print_verdict(timings: list[Timing], actors: int) -> None:

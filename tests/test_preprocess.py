@@ -287,7 +287,7 @@ def mark_internal_error(store: Path, clip: Clip) -> None:
     key = feature_store.read_store(store, ["source_key"]).set_index("clip_id").loc[clip.clip_id]
     row = feature_store.error_row(clip, key["source_key"], feature_store.REASON_INTERNAL,
                                   f"clip {clip.clip_id}: unexpected ValueError (simulated)")
-    time.sleep(0.01)  # a later mtime than the ok row: this row is the clip's latest
+    # The copied parts kept their (older) mtimes, so this new part holds the clip's latest row.
     feature_store.write_part([row], store)
 
 
@@ -328,7 +328,8 @@ def test_rerun_repairs_lost_parts_edited_clips_and_internal_errors(
     assert report.computed == len(expected)
     assert sorted(written) == sorted(expected)
     # The superseded rows (edited clip, internal error) are gone from the raw parts.
-    assert sorted(raw_rows(store, ["clip_id"])["clip_id"]) == sorted(c.clip_id for c in corpus.clips)
+    stored = raw_rows(store, ["clip_id"])["clip_id"]
+    assert sorted(stored) == sorted(c.clip_id for c in corpus.clips)
     rows = feature_store.read_store(store).set_index("clip_id")
     assert rows.loc[buggy.clip_id, "status"] == feature_store.STATUS_OK
     assert report.failures == resumed.report.failures
@@ -345,20 +346,24 @@ def load_job():
 
 
 def test_job_main_end_to_end(corpus, ray_local, tmp_path, capsys):
-    tiny = [corpus.synthetic[0], next(c for c in corpus.clips if c.clip_id == TRUNCATED)]
+    by_id = {c.clip_id: c for c in corpus.clips}
+    tiny = [corpus.synthetic[0], by_id[TRUNCATED], by_id[AUDIO_ONLY]]
     manifest = write_manifest(tiny, tmp_path / "tiny.parquet")
     store = tmp_path / "features"
+    # One clip per batch: three results reach the progress bar one by one.
     argv = ["--manifest", str(manifest), "--out", str(store), "--config", str(CONFIG),
-            "--num-actors", "1", "--set", f"rows_per_part={ROWS_PER_PART}"]
+            "--num-actors", "1", "--set", "clips_per_batch=1"]
     start = time.perf_counter()
     assert load_job().main(argv) == 0
     seconds = time.perf_counter() - start
     out, err = capsys.readouterr()
-    assert "2 clips: 2 computed, 0 already stored" in out
-    assert "1 ok, 1 failed of 2 clips" in out and "unreadable: 1" in out and TRUNCATED in out
+    assert "3 clips: 3 computed, 0 already stored" in out
+    assert "2 ok, 1 failed of 3 clips" in out and "unreadable: 1" in out and TRUNCATED in out
     rows = feature_store.read_store(store).set_index("clip_id")
-    assert rows["status"].to_dict() == {tiny[0].clip_id: "ok", TRUNCATED: "error"}
-    # Not a terminal: the bar draws at start and end, plus once per interval at most.
+    assert rows["status"].to_dict() == {c.clip_id: "error" if c.clip_id == TRUNCATED else "ok"
+                                        for c in tiny}
+    # stderr is not a terminal here, as in `ray job logs`: the bar draws at
+    # start and end, plus at most once per interval, not once per result.
     redraws = err.count("features:")
     assert 1 <= redraws <= 2 + int(seconds // preprocess.LOG_PROGRESS_INTERVAL_S), err
 

@@ -214,7 +214,8 @@ def failure_summary(frame: pd.DataFrame) -> str:
         for _, row in group.head(SUMMARY_EXAMPLES).iterrows():
             lines.append(f"    {row['clip_id']}: {row['error']}")
         if len(group) > SUMMARY_EXAMPLES:
-            lines.append(f"    ... and {len(group) - SUMMARY_EXAMPLES} more (see the store's error column)")
+            more = len(group) - SUMMARY_EXAMPLES
+            lines.append(f"    ... and {more} more (see the store's error column)")
     return "\n".join(lines)
 
 

@@ -85,14 +85,15 @@ def register(ctx, model, run_id: str) -> str | None:
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
     metrics["best_epoch"] = state.best_epoch
-    # Tune's scheduler reads val_ua from every report, the final one included:
-    # there it is the best epoch's (restored weights) validation UA.
-    metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
     torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
     save_hybrid_features(splits, folder)
     Path(folder, "labels.json").write_text(json.dumps(ctx.label_names))
     run_id = state.mlflow_run_id
     tracking.log_metrics(run_id, metrics, step=state.epoch)
+    # Tune's scheduler reads val_ua from every report, the final one included:
+    # there it is the best epoch's (restored weights) validation UA. Not logged
+    # above: in MLflow val_ua is the per-epoch curve, and this step is no epoch.
+    metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
     _log_figures(run_id, ctx, splits, state.history)
     if ctx.tracking.get("register", True):
         version = register(ctx, model, run_id)

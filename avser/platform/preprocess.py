@@ -138,7 +138,9 @@ def _progress_bar(total: int, enabled: bool):
                 mininterval=_progress_interval(stream))
 
 
-def _stream_to_store(todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool) -> float:
+def _stream_to_store(
+    todo: pd.DataFrame, store: Path, cfg: PreprocessConfig, progress: bool
+) -> float:
     """Compute ``todo`` into new part files; returns when (perf_counter) the first rows came."""
     buffered: list[dict[str, Any]] = []
     failed = 0

@@ -202,8 +202,9 @@ def _is_rank_zero() -> bool:
     return ray.train.get_context().get_world_rank() == 0
 
 
-def _start_tracking(ctx: LoopContext, state: LoopState) -> None:
-    """Rank 0 opens (or, after a restart, re-opens) the run's MLflow run."""
+def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
+    """Rank 0 opens (or, after a restart, re-opens) the run's MLflow run;
+    returns the epochs that run already holds and must not be logged again."""
     from avser.platform import tracking
 
     # The driver resolved the store (a relative default would land in this
@@ -215,6 +216,13 @@ def _start_tracking(ctx: LoopContext, state: LoopState) -> None:
             tags=ctx.tracking.get("tags", {}), parent_run_id=ctx.tracking.get("parent_run_id"),
         )
         tracking.log_params(state.mlflow_run_id, {"train": ctx.cfg, "model": ctx.model_cfg})
+        return set()
+    # Restored from a checkpoint: the attempt that died may have logged epochs
+    # past it (rank 0 logs an epoch before reporting its checkpoint, and Ray
+    # registers a reported checkpoint only at its next poll). MLflow cannot
+    # delete metric points, so those epochs keep their first entry.
+    history = tracking.client().get_metric_history(state.mlflow_run_id, "epoch")
+    return {int(m.step) for m in history if m.step >= state.epoch}
 
 
 def _log_epoch(ctx: LoopContext, state: LoopState, metrics: dict[str, float], epoch: int) -> None:
@@ -247,8 +255,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # The fusion model leaves branches unused on batches without faces.
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": ctx.with_visual})
-    if _is_rank_zero():
-        _start_tracking(ctx, state)
+    logged_epochs = _start_tracking(ctx, state) if _is_rank_zero() else set()
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
 
@@ -269,7 +276,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.stale_epochs += 1
         state.record(metrics)
         metrics["epoch"] = epoch
-        _report_epoch(ctx, model, optimizer, state, best_state, metrics)
+        _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs)
 
     if not _is_rank_zero():
         ray.train.report({"epoch": state.epoch - 1, "done": 1})
@@ -289,11 +296,12 @@ def _report_finished(state: LoopState) -> None:
                      checkpoint=ray.train.get_checkpoint())
 
 
-def _report_epoch(ctx, model, optimizer, state, best_state, metrics) -> None:
+def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs: set[int]) -> None:
     if not _is_rank_zero():
         ray.train.report(metrics)
         return
-    _log_epoch(ctx, state, metrics, metrics["epoch"])
+    if metrics["epoch"] not in logged_epochs:
+        _log_epoch(ctx, state, metrics, metrics["epoch"])
     with tempfile.TemporaryDirectory() as folder:
         ray.train.report(metrics, checkpoint=save_checkpoint(model, optimizer, state, best_state, folder))
 
