@@ -24,10 +24,12 @@ from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
 from avser.models.factory import build_model, example_inputs
 from avser.platform import tracking
 from avser.platform.config import TrainConfig, resolve_paths
-from avser.platform.experiments import label_names_of, load_store_meta, model_config_for
+from avser.platform.experiments import (
+    datasets_for, label_names_of, load_store_meta, model_config_for,
+)
 from avser.platform.finalize import CANDIDATE_ALIAS, load_hybrid_features
 from avser.platform.tune import (
-    TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda,
+    TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda, storage_uri,
 )
 
 CHECKPOINT_KEY = "checkpoint_path"
@@ -145,8 +147,9 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
                                   {"stage": "fusion", "search": tcfg.name})
     parent_id = tracking.start_run(tcfg.experiment, run_key=tcfg.name, run_name=tcfg.name, tags=tags)
     tracking.log_params(parent_id, {"tune": tcfg, "base": base})
-    job = TuneJob(base=configlib.to_dict(base), store=str(Path(store).resolve()), split=split,
-                  meta=meta, label_names=labels, name=tcfg.name,
+    job = TuneJob(base=configlib.to_dict(base), datasets=datasets_for(store, meta, split, base),
+                  label_names=labels, name=tcfg.name,
+                  storage_path=f"{storage_uri(tcfg.storage_path)}/{tcfg.name}-trials",
                   tracking={"experiment": tcfg.experiment, "uri": tracking.tracking_uri(), "tags": tags,
                             "parent_run_id": parent_id, "register": False})
     tuner, restored = build_tuner(tcfg, job)

@@ -14,7 +14,7 @@ instead of a training run. The best (trial, gamma) pair is the result.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +129,19 @@ def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 @dataclass
 class TuneJob:
-    """What every trial needs, shipped once through the object store."""
+    """What every trial needs, shipped once through the object store.
+
+    The datasets are read and materialized by the search driver: a trial
+    driver runs inside Tune's placement group of a sliver of CPU, where Ray
+    Data read tasks could never be scheduled.
+    """
 
     base: dict[str, Any]  # TrainConfig as a dict
-    store: str
-    split: Any  # avser.data.splits.Split
-    meta: pd.DataFrame
+    datasets: dict[str, Any]  # name -> materialized ray.data.Dataset
     label_names: list[str]
     tracking: dict[str, Any]
     name: str
+    storage_path: str  # where each trial's Ray Train run keeps its checkpoints
 
 
 def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
@@ -146,17 +150,17 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from avser.platform.experiments import datasets_for, loop_config_for, model_config_for
+    from avser.platform.experiments import loop_config_for, model_config_for
     from avser.platform.train import trainer_for
 
     cfg = apply_params(configlib.from_dict(TrainConfig, job.base), params)
+    cfg = replace(cfg, storage_path=job.storage_path)
     model_cfg = model_config_for(cfg, len(job.label_names))
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{job.name}-{trial_id}"
     tracking_info = {**job.tracking, "tags": {**job.tracking["tags"], "trial_id": trial_id}}
     loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name, tracking_info)
-    datasets = datasets_for(job.store, job.meta, job.split, cfg)
-    trainer_for(loop_config, datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
+    trainer_for(loop_config, job.datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
 
 
 def build_tuner(tcfg: TuneConfig, job: TuneJob):
