@@ -10,8 +10,8 @@ sqlite file in the test's temp dir. What each test shows:
   figures, and a registered ``avser@candidate`` that predicts exactly what
   the final checkpoint's network predicts.
 - A training job killed after its first checkpoint and started again
-  resumes at the next epoch, into the same MLflow run (own subprocess, own
-  Ray, killed as a whole session).
+  resumes at the next epoch, into the same MLflow run, with one metric
+  entry per epoch (own subprocess, own Ray, killed as a whole session).
 - Pretraining on speech-only rows registers ``avser-racnn``, and the fusion
   model built with ``init=checkpoint:<folder>`` starts from its RACNN.
 """
