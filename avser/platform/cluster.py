@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+LOOPBACK = "127.0.0.1"
+
 
 def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     """``ray.init`` once per process.
 
     Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) this joins that
-    cluster; otherwise it starts a local Ray without the dashboard, bound to
-    127.0.0.1 (see ``avser/platform/__init__.py``).
+    cluster; otherwise it starts a local Ray bound to 127.0.0.1 (see
+    ``avser/platform/__init__.py``).
     """
     import ray
 
@@ -19,4 +21,8 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=not quiet)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet)
+    # The dashboard (on 127.0.0.1) also serves the state API, which Ray Train's
+    # PlacementGroupCleaner needs to free a stopped run's CPUs: without it a
+    # trial that Tune stops early keeps its workers' resources for ever.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
+             log_to_driver=not quiet)

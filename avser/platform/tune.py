@@ -178,7 +178,9 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
                                   resume_errored=True), True
     base = configlib.from_dict(TrainConfig, job.base)
     searcher = OptunaSearch(seed=tcfg.seed)
-    scheduler = ASHAScheduler(max_t=base.optim.max_epochs + 1, grace_period=tcfg.scheduler.grace_period,
+    # Reports = epochs + one final report; max_t beyond that, so ASHA never
+    # stops a trial that is finishing on its own.
+    scheduler = ASHAScheduler(max_t=base.optim.max_epochs + 2, grace_period=tcfg.scheduler.grace_period,
                               reduction_factor=tcfg.scheduler.reduction_factor)
     tuner = tune.Tuner(
         trainable,
