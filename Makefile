@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# The main job on the embedded defaults: synthetic corpus -> Ray Data features
+# -> Ray Tune + Optuna search (Ray Train trials) -> best model registered.
 demo: $(STAMP)
-	$(BIN)/python -m avser.demo
+	$(BIN)/python jobs/tune_fusion.py --config configs/tune_fusion.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
