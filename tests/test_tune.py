@@ -1,0 +1,141 @@
+"""jobs/tune_fusion.py: the two-stage search, as a user runs it.
+
+1. Submitted with `ray job submit` to a real local cluster (platform/local-cluster,
+   loopback only, token auth): the job succeeds, MLflow holds a parent run with
+   one child per trial, the best model is registered as `avser@candidate`, and
+   the KLDA stage is at least as good as the network head on validation.
+2. (slow) The tune driver killed mid-search and started again finishes the
+   search with exactly the configured trials and no duplicate child runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_local_cluster import RAY, SCRIPT, clean_env, free_port, read_state, run, session_pids
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = "configs/tune_smoke.yaml"
+
+
+def smoke_overrides(root: Path, name: str, samples: int) -> list[str]:
+    """Absolute paths: a submitted job runs in a copy of the working dir."""
+    values = {
+        "data.root": root / "synthetic", "data.manifest": root / "manifest.parquet",
+        "data.store": root / "store", "storage_path": root / "ray_results",
+        "name": name, "num_samples": samples,
+    }
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def mlflow_client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def search_runs(uri: str, experiment: str, name: str):
+    """(parent run, child runs) of the search called ``name``."""
+    client = mlflow_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("avser.run_key") == name]
+    assert len(parents) == 1, [r.data.tags.get("avser.run_key") for r in runs]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("tune-cluster")
+    temp_dir = Path(tempfile.mkdtemp(prefix="avser-tt-", dir="/tmp"))
+    uri = f"sqlite:///{state_dir}/mlflow.db"
+    env = clean_env(AVSER_CLUSTER_DIR=str(state_dir), MLFLOW_TRACKING_URI=uri)
+    dashboard_port = free_port()
+    up = run([str(SCRIPT), "up", "--num-cpus", "2", "--port", str(free_port()),
+              "--dashboard-port", str(dashboard_port), "--temp-dir", str(temp_dir),
+              "--worker-ports", "64"], env)
+    sid = int(read_state(state_dir / "cluster.env")["CLUSTER_SID"]) if up.returncode == 0 else None
+    try:
+        assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}"
+        client = clean_env(RAY_ADDRESS=f"http://127.0.0.1:{dashboard_port}", RAY_AUTH_MODE="token",
+                           RAY_AUTH_TOKEN_PATH=str(state_dir / "auth_token"))
+        yield {"env": client, "uri": uri, "root": state_dir}
+    finally:
+        run([str(SCRIPT), "down"], env, timeout=90)
+        for pid in session_pids(sid) if sid else ():
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_submitted_search_registers_the_best_model(cluster):
+    name = "tune-submit"
+    submit = run([RAY, "job", "submit", "--submission-id", name, "--working-dir", ".", "--",
+                  "python", "jobs/tune_fusion.py", "--config", SMOKE,
+                  *smoke_overrides(cluster["root"], name, samples=2)],
+                 cluster["env"], timeout=900)
+    assert submit.returncode == 0, f"{submit.stdout[-4000:]}\n{submit.stderr[-2000:]}"
+    status = run([RAY, "job", "status", name], cluster["env"])
+    assert "SUCCEEDED" in status.stdout or "succeeded" in status.stdout, status.stdout
+
+    parent, children = search_runs(cluster["uri"], "avser-tune-smoke", name)
+    assert len(children) == 2 and {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert parent.info.status == "FINISHED"
+    metrics = parent.data.metrics
+    # Stage 2 searches gamma on validation features: it may only improve on the network head.
+    assert metrics["best_klda_val_ua"] >= metrics["best_network_val_ua"]
+    client = mlflow_client(cluster["uri"])
+    best = json.loads(Path(client.download_artifacts(parent.info.run_id, "best_config.json")).read_text())
+    assert best["klda.gamma"] > 0 and "optim.lr" in best
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "figures/optimization_history.png" in artifacts
+    version = client.get_model_version_by_alias("avser", "candidate")
+    assert version.tags["parent_run_id"] == parent.info.run_id
+    assert float(version.tags["klda_gamma"]) == pytest.approx(best["klda.gamma"])
+
+
+def _trial_count(root: Path, name: str) -> int:
+    """Trials Tune has recorded as finished in the search's experiment state."""
+    finished = 0
+    for result in (root / "ray_results" / name).glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        finished += any(json.loads(line).get("done") for line in lines if line.strip())
+    return finished
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_duplicates(tmp_path):
+    name, samples = "tune-resume", 3
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    command = [sys.executable, "jobs/tune_fusion.py", "--config", SMOKE,
+               *smoke_overrides(tmp_path, name, samples)]
+    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while _trial_count(tmp_path, name) < 1 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(2)
+    assert first.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(5)  # let the killed driver's Ray processes go
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert "resuming search" in second.stdout
+
+    parent, children = search_runs(env["MLFLOW_TRACKING_URI"], "avser-tune-smoke", name)
+    trial_ids = [c.data.tags.get("trial_id") for c in children]
+    assert len(trial_ids) == samples == len(set(trial_ids))
+    client = mlflow_client(env["MLFLOW_TRACKING_URI"])
+    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text().splitlines()
+    assert len(table) == samples + 1  # header + one row per trial
