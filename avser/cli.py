@@ -105,6 +105,15 @@ def _cmd_models_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from avser.platform import tracking
+
+    version = args.version or tracking.client().get_model_version_by_alias(args.name, args.source).version
+    tracking.set_alias(args.name, args.alias, version)
+    print(f"{args.name} version {version} now has alias {args.alias} ({tracking.tracking_uri()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avser", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     summary = models_sub.add_parser("summary", help="parameters and GFLOPs per module")
     summary.add_argument("--config", required=True)
     summary.set_defaults(func=_cmd_models_summary)
+
+    promote = sub.add_parser("promote", help="point a registry alias (e.g. champion) at a version")
+    promote.add_argument("--name", default="avser", help="registered model: avser | avser-racnn")
+    promote.add_argument("--version", default=None, help="version number; default: the --source alias")
+    promote.add_argument("--source", default="candidate", help="alias to promote from")
+    promote.add_argument("--alias", default="champion")
+    promote.set_defaults(func=_cmd_promote)
     return parser
 
 
