@@ -229,7 +229,7 @@ def load_job(name: str):
 def test_ddp_two_workers_train_on_disjoint_shards(ddp_fusion_run, store):
     cfg, result = ddp_fusion_run.cfg, ddp_fusion_run.result
     (fold,) = result.folds
-    assert fold.metrics["done"] == 1 and fold.checkpoint_path
+    assert fold.metrics["training_finished"] == 1 and fold.checkpoint_path
     for key in ("final_train_loss", "final_val_loss", "test_loss"):
         assert math.isfinite(fold.metrics[key]), key
     for key in ("test_wa", "test_ua", "test_f1"):

@@ -33,6 +33,7 @@ from avser.platform.tune import (
 )
 
 CHECKPOINT_KEY = "checkpoint_path"
+FINISHED_KEY = "training_finished"  # avser.platform.train.FINISHED_KEY (no ray.train import here)
 
 
 @dataclass
@@ -66,10 +67,10 @@ def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
     for result in grid:
         metrics = result.metrics or {}
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name),
-               "finished": bool(metrics.get("done")), "epochs": metrics.get("training_iteration"),
+               "finished": bool(metrics.get(FINISHED_KEY)), "epochs": metrics.get("training_iteration"),
                "val_ua": metrics.get("final_val_ua", metrics.get("val_ua")),
                "test_ua": metrics.get("test_ua"), "klda_val_ua": metrics.get("klda_val_ua"),
-               CHECKPOINT_KEY: metrics.get(CHECKPOINT_KEY) if metrics.get("done") else None,
+               CHECKPOINT_KEY: metrics.get(CHECKPOINT_KEY) if metrics.get(FINISHED_KEY) else None,
                "error": str(result.error) if result.error else None}
         row.update({k: (result.config or {}).get(k) for k in space_keys})
         rows.append(row)

@@ -41,6 +41,9 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 BEST_FILE = "best_model.pt"
 HYBRID_FILE = "hybrid_features.npz"
+# Marks the final report of a run that trained to its end. Not "done": Tune
+# sets that on the last result of every trial, early-stopped ones included.
+FINISHED_KEY = "training_finished"
 
 
 @dataclass
@@ -279,20 +282,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs)
 
     if not _is_rank_zero():
-        ray.train.report({"epoch": state.epoch - 1, "done": 1})
+        ray.train.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
         return
     with tempfile.TemporaryDirectory() as folder:
         final = _finish(ctx, model, best_state, state, device, folder)
-        ray.train.report({**final, "epoch": state.epoch - 1, "done": 1},
+        ray.train.report({**final, "epoch": state.epoch - 1, FINISHED_KEY: 1},
                          checkpoint=Checkpoint.from_directory(folder))
 
 
 def _report_finished(state: LoopState) -> None:
     """The run had already finished: report its result again, redo nothing."""
     if not _is_rank_zero():
-        ray.train.report({"epoch": state.epoch - 1, "done": 1})
+        ray.train.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
         return
-    ray.train.report({**state.final_metrics, "epoch": state.epoch - 1, "done": 1},
+    ray.train.report({**state.final_metrics, "epoch": state.epoch - 1, FINISHED_KEY: 1},
                      checkpoint=ray.train.get_checkpoint())
 
 
