@@ -126,7 +126,6 @@ def require_face(track: LandmarkTrack, path: str | Path | None) -> None:
         )
 
 
-
 def __getattr__(name: str):
     """The backend names (``DlibBackend``, ``read_openface_csv``, ...), from their modules."""
     module = _BACKEND_NAMES.get(name)
