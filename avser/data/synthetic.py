@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from avser.config import config_hash, to_dict
 from avser.data.manifest import Clip, ScanProblem, ScanResult
+from avser.data.synthetic_drawing import render_frames
 from avser.data.synthetic_face import (
     EXPRESSION_KEYS,
     FaceSynthConfig,
     face_track,
-    render_frames,
     sample_face_identity,
 )
 from avser.data.synthetic_voice import (

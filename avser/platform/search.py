@@ -62,6 +62,14 @@ class SearchResult:
         return "\n".join(lines)
 
 
+def _loop_seconds(result) -> float:
+    """Time the training loop itself took (all epochs), from the trial's reports."""
+    history = result.metrics_dataframe
+    if history is None or "epoch_seconds" not in history:
+        return float("nan")
+    return float(history["epoch_seconds"].sum())
+
+
 def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
     rows = []
     for result in grid:
@@ -71,7 +79,9 @@ def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
                "val_ua": metrics.get("final_val_ua", metrics.get("val_ua")),
                "test_ua": metrics.get("test_ua"), "klda_val_ua": metrics.get("klda_val_ua"),
                CHECKPOINT_KEY: metrics.get(CHECKPOINT_KEY) if metrics.get(FINISHED_KEY) else None,
-               "error": str(result.error) if result.error else None}
+               "error": str(result.error) if result.error else None,
+               "trial_seconds": metrics.get("time_total_s"),
+               "loop_seconds": _loop_seconds(result)}
         row.update({k: (result.config or {}).get(k) for k in space_keys})
         rows.append(row)
     return pd.DataFrame(rows).sort_values("val_ua", ascending=False, na_position="last")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,12 +266,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while state.epoch < ctx.cfg.optim.max_epochs and state.stale_epochs < ctx.cfg.optim.patience:
         epoch = state.epoch
         seen = [] if epoch == 0 else None
+        started = time.perf_counter()
         metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen)
         if seen is not None:
             _record_shard(ctx, seen)
         # Every rank scores the whole (unsplit) validation set, so every rank
         # takes the same early-stopping decision without a collective.
         metrics.update(evaluate(predict(_unwrap(model), val_data, ctx, device), ctx.label_names, "val"))
+        # The loop's own time (train + validation), to tell the platform's
+        # overhead apart from the work (bench/tune.py).
+        metrics["epoch_seconds"] = time.perf_counter() - started
         state.epoch = epoch + 1
         if metrics["val_loss"] < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.stale_epochs = metrics["val_loss"], epoch, 0
