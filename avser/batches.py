@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from avser.data.store import decode_landmarks, decode_logmel
-from avser.features.audio import racnn_input
+from avser.features.racnn_input import racnn_input
 from avser.features.config import RacnnInputConfig
 from avser.features.faces import decode_jpeg
 

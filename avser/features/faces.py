@@ -6,28 +6,13 @@ into the 7 regions, feed the AGRUs (paper section II-D).
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import cv2
 import numpy as np
 
 from avser.errors import UnreadableMediaError
 from avser.features.config import FaceConfig
+from avser.landmark_regions import N_LANDMARKS, REGIONS
 
-N_LANDMARKS = 68
-# The 7 regions of the 68-point scheme (0-based, end exclusive), in the
-# order the AGRUs are built; together they cover 0..67 exactly once.
-REGIONS = MappingProxyType(
-    {
-        "jaw": slice(0, 17),
-        "right_brow": slice(17, 22),
-        "left_brow": slice(22, 27),
-        "nose": slice(27, 36),
-        "right_eye": slice(36, 42),
-        "left_eye": slice(42, 48),
-        "mouth": slice(48, 68),
-    }
-)
 # The subject's right eye is on the image's left.
 _RIGHT_EYE = REGIONS["right_eye"]
 _LEFT_EYE = REGIONS["left_eye"]

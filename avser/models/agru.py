@@ -11,19 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# N_LANDMARKS is re-exported: the AGRUs' input is (B, K, N_LANDMARKS, 2).
+from avser.landmark_regions import N_LANDMARKS, REGIONS  # noqa: F401
 from avser.models.config import AGRUConfig
 
-N_LANDMARKS = 68
-# The 68-point (iBUG 300-W / OpenFace) layout, in image terms ("right" = the
-# subject's right, on the left of an unmirrored image).
+# The shared layout's regions as index ranges, which the region GRUs are sized by.
 LANDMARK_REGIONS: dict[str, range] = {
-    "jaw": range(0, 17),
-    "right_brow": range(17, 22),
-    "left_brow": range(22, 27),
-    "nose": range(27, 36),
-    "right_eye": range(36, 42),
-    "left_eye": range(42, 48),
-    "mouth": range(48, 68),
+    name: range(part.start, part.stop) for name, part in REGIONS.items()
 }
 
 

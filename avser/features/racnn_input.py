@@ -1,0 +1,143 @@
+"""The RACNN input ``(B, 3, D, size, size)`` from 3D log-mels: per-utterance
+normalisation, D overlapping segments, each resized to ``size x size``.
+
+Computed in the training transform, on the worker's device (GPU too); kept
+apart from :mod:`avser.features.audio` so that loading audio and computing
+log-mels (the Ray Data featurizers) never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avser.errors import ConfigError
+from avser.features.config import RacnnInputConfig
+
+# Too coarse for the normalisation sums (the store keeps float16): computed in float32.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def racnn_input(
+    logmels: Sequence[torch.Tensor | np.ndarray] | torch.Tensor,
+    cfg: RacnnInputConfig | None = None,
+    lengths: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The RACNN input ``(B, 3, D, size, size)`` from 3D log-mels.
+
+    ``logmels`` is a sequence of ``(3, n_mels, T_i)`` arrays, or one padded
+    batch ``(B, 3, n_mels, T)`` whose true lengths are ``lengths`` (all
+    ``T`` when None).
+
+    1. Per-utterance normalisation: each channel of each clip has its mean
+       subtracted and is divided by its standard deviation, both over all
+       mel bins and true frames of that clip (so padding never counts).
+    2. Segments: the utterance's ``T`` frames are cut into ``D`` segments of
+       ``L = T / (1 + (D - 1)(1 - overlap))`` frames, starting every
+       ``L (1 - overlap)`` frames: together they cover the utterance exactly,
+       whatever ``T`` (a clip shorter than D frames is stretched, not padded).
+    3. Each ``n_mels x L`` segment is resized to ``size x size`` bilinearly
+       (``align_corners=False``, edges clamped to the segment: what
+       ``F.interpolate`` does on each segment cut out on its own, exactly so
+       when segment bounds fall on whole frames): the mel axis with
+       ``F.interpolate``, the time axis by sampling every segment of every
+       clip in one ``grid_sample`` call (no loop, any mix of lengths).
+
+    Runs on the input's device. float16/bfloat16 input (the store keeps
+    float16) is computed and returned in float32; float32/float64 stay as they are.
+    """
+    cfg = cfg or RacnnInputConfig()
+    _check_racnn_config(cfg)
+    batch, frames = _padded_batch(logmels, lengths)
+    batch = _normalise_per_utterance(batch, frames, cfg.min_std)
+    n_clips, channels, _, padded_len = batch.shape
+    # Mel axis first (time untouched: equal in and out sizes sample every frame exactly).
+    batch = F.interpolate(batch, size=(cfg.size, padded_len), mode="bilinear", align_corners=False)
+    rows = batch.reshape(n_clips, channels * cfg.size, 1, padded_len)
+    grid = _segment_grid(frames, padded_len, cfg).to(batch.dtype)
+    # grid_sample on a height-1 image: only the time axis is interpolated.
+    out = F.grid_sample(rows, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.reshape(n_clips, channels, cfg.size, cfg.segments, cfg.size)
+    return out.permute(0, 1, 3, 2, 4).contiguous()
+
+
+def _check_racnn_config(cfg: RacnnInputConfig) -> None:
+    if cfg.segments < 1 or cfg.size < 1:
+        raise ConfigError(
+            f"racnn_input.segments ({cfg.segments}) and .size ({cfg.size}) must be >= 1"
+        )
+    if not 0.0 <= cfg.overlap < 1.0:
+        raise ConfigError(f"racnn_input.overlap must be in [0, 1), got {cfg.overlap}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _LOW_PRECISION or not dtype.is_floating_point else dtype
+
+
+def _padded_batch(logmels, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 3, n_mels, T_max)`` in the compute dtype, and each clip's true length ``(B,)``."""
+    if isinstance(logmels, torch.Tensor):
+        if logmels.ndim != 4:
+            raise ValueError(
+                f"a batch of log-mels must be (B, 3, n_mels, T), got {tuple(logmels.shape)}"
+            )
+        batch = logmels.to(_compute_dtype(logmels.dtype))
+        full = torch.full((batch.shape[0],), batch.shape[-1], device=batch.device)
+        frames = full if lengths is None else torch.as_tensor(lengths, device=batch.device)
+        return batch, frames.clamp(1, batch.shape[-1]).long()
+    clips = [torch.as_tensor(clip) for clip in logmels]
+    if not clips:
+        raise ValueError("racnn_input needs at least one log-mel")
+    shapes = {tuple(clip.shape[:-1]) for clip in clips}
+    if len(shapes) != 1 or any(clip.ndim != 3 or clip.shape[-1] < 1 for clip in clips):
+        raise ValueError(
+            f"log-mels must all be (3, n_mels, T>=1) with the same n_mels, got {sorted(shapes)}"
+        )
+    first = clips[0]
+    frames = torch.tensor([clip.shape[-1] for clip in clips], device=first.device)
+    batch = first.new_zeros(
+        (len(clips), *first.shape[:-1], int(frames.max())), dtype=_compute_dtype(first.dtype)
+    )
+    for index, clip in enumerate(clips):
+        batch[index, ..., : clip.shape[-1]] = clip
+    return batch, frames
+
+
+def _normalise_per_utterance(
+    batch: torch.Tensor, frames: torch.Tensor, min_std: float
+) -> torch.Tensor:
+    """Zero mean, unit std per clip and channel, over true frames only; padding set to 0."""
+    valid = torch.arange(batch.shape[-1], device=batch.device) < frames[:, None]
+    valid = valid[:, None, None, :].to(batch.dtype)  # (B, 1, 1, T_max)
+    count = frames.to(batch.dtype)[:, None, None, None] * batch.shape[2]
+    mean = (batch * valid).sum(dim=(2, 3), keepdim=True) / count
+    centred = (batch - mean) * valid
+    std = (centred.square().sum(dim=(2, 3), keepdim=True) / count).sqrt()
+    return centred / std.clamp_min(min_std)
+
+
+def _segment_grid(frames: torch.Tensor, padded_len: int, cfg: RacnnInputConfig) -> torch.Tensor:
+    """``grid_sample`` grid ``(B, 1, D * size, 2)``: where each output column reads in time."""
+    # float64 so long clips place columns exactly; the grid is tiny.
+    dtype = torch.float64
+    length = frames.to(dtype)  # (B,)
+    seg_len = length / (1.0 + (cfg.segments - 1) * (1.0 - cfg.overlap))
+    seg_hop = seg_len * (1.0 - cfg.overlap)
+    segment = torch.arange(cfg.segments, device=frames.device, dtype=dtype)
+    column = torch.arange(cfg.size, device=frames.device, dtype=dtype) + 0.5
+    # Continuous time (frame i spans [i, i+1)) of each output column's centre.
+    time = seg_hop[:, None, None] * segment[None, :, None] + (
+        seg_len[:, None, None] * column[None, None, :] / cfg.size
+    )
+    # Frame-index coordinates, clamped to the segment's first and last frame centres
+    # as F.interpolate clamps at the edges of a segment cut out on its own.
+    first = (seg_hop[:, None] * segment[None, :])[..., None]  # (B, D, 1)
+    last = torch.maximum(first, first + seg_len[:, None, None] - 1.0)
+    last = torch.minimum(last, (length - 1.0)[:, None, None])
+    index = torch.minimum(torch.maximum(time - 0.5, first), last)
+    x = (2.0 * index + 1.0) / padded_len - 1.0  # align_corners=False normalisation
+    x = x.reshape(len(frames), 1, cfg.segments * cfg.size)
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
