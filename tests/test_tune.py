@@ -105,13 +105,11 @@ def test_submitted_search_registers_the_best_model(cluster):
     assert float(version.tags["klda_gamma"]) == pytest.approx(best["klda.gamma"])
 
 
-def _trial_count(root: Path, name: str) -> int:
-    """Trials Tune has recorded as finished in the search's experiment state."""
-    finished = 0
-    for result in (root / "ray_results" / name).glob("*/result.json"):
-        lines = result.read_text().splitlines()
-        finished += any(json.loads(line).get("done") for line in lines if line.strip())
-    return finished
+def _finished_trials(root: Path, name: str) -> int:
+    """Trials whose training ran to its end: their final checkpoint holds the
+    cached hybrid features."""
+    runs = (root / "ray_results" / f"{name}-trials").glob(f"{name}-*")
+    return sum(any(run.glob("checkpoint_*/hybrid_features.npz")) for run in runs)
 
 
 @pytest.mark.slow
@@ -123,8 +121,8 @@ def test_killed_search_resumes_without_duplicates(tmp_path):
     first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while _trial_count(tmp_path, name) < 1 and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(2)
+    while _finished_trials(tmp_path, name) < 1 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
     assert first.poll() is None, "the search ended before it could be interrupted"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
