@@ -8,7 +8,6 @@ interrupted run from its last checkpoint instead of starting over.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,10 +69,6 @@ def label_names_of(meta: pd.DataFrame) -> list[str]:
     pairs = meta.drop_duplicates("label").sort_values("label")
     names = dict(zip(pairs["label"], pairs["label_name"]))
     return [names.get(i, f"label{i}") for i in range(int(meta["label"].max()) + 1)]
-
-
-def data_hash(meta: pd.DataFrame) -> str:
-    return hashlib.sha256("".join(sorted(meta["source_key"])).encode()).hexdigest()[:16]
 
 
 def model_config_for(cfg: TrainConfig, n_classes: int) -> ModelConfig:
@@ -152,7 +147,7 @@ def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str]
     if cfg.fold is not None:
         splits = [splits[cfg.fold]]
     corpus = "+".join(sorted(meta["corpus"].unique()))
-    dhash = data_hash(meta)
+    dhash = tracking.data_hash(meta)  # rows include each clip's source_key
     tags = tracking.standard_tags(cfg.split.protocol, corpus, dhash,
                                   {"stage": cfg.stage, **(extra_tags or {})})
     parent_key = run_name_for(cfg, model_cfg, "cv", corpus, dhash)

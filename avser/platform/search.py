@@ -28,12 +28,12 @@ from avser.platform.experiments import (
     datasets_for, label_names_of, load_store_meta, model_config_for,
 )
 from avser.platform.finalize import CANDIDATE_ALIAS, load_hybrid_features
+from avser.platform.train import FINISHED_KEY
 from avser.platform.tune import (
     TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda, storage_uri,
 )
 
 CHECKPOINT_KEY = "checkpoint_path"
-FINISHED_KEY = "training_finished"  # avser.platform.train.FINISHED_KEY (no ray.train import here)
 
 
 @dataclass
