@@ -16,7 +16,7 @@ from avser.platform.jobs import print_result, training_config, training_parser
 def main(argv: list[str] | None = None) -> int:
     args = training_parser(__doc__, "configs/pretrain_ravdess.yaml").parse_args(argv)
     cfg = training_config(args, extra=["stage=pretrain"])
-    init_ray()
+    init_ray(quiet=False)  # the workers' per-epoch lines reach this console
     print_result(run_training(cfg, args.store))
     return 0
 

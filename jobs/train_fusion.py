@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = ["stage=fusion"] + ([f"init={args.init}"] if args.init else [])
     cfg = training_config(args, extra=extra)
-    init_ray()
+    init_ray(quiet=False)  # the workers' per-epoch lines reach this console
     print_result(run_training(cfg, args.store))
     return 0
 

@@ -310,6 +310,9 @@ def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epoc
         return
     if metrics["epoch"] not in logged_epochs:
         _log_epoch(ctx, state, metrics, metrics["epoch"])
+    print(f"[{ctx.run_name}] epoch {metrics['epoch']}: train loss {metrics['train_loss']:.3f}, "
+          f"val loss {metrics['val_loss']:.3f}, val UA {metrics['val_ua']:.3f} "
+          f"({metrics['epoch_seconds']:.1f} s)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         ray.train.report(metrics, checkpoint=save_checkpoint(model, optimizer, state, best_state, folder))
 
