@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from avser.data.store import decode_landmarks, decode_logmel
-from avser.features.racnn_input import racnn_input
 from avser.features.config import RacnnInputConfig
 from avser.features.faces import decode_jpeg
+from avser.features.racnn_input import racnn_input
+from avser.landmark_regions import N_LANDMARKS
 
 # ImageNet statistics: what EfficientNet's (optional) pretrained weights expect.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-N_LANDMARKS = 68
 
 
 @dataclass

@@ -290,7 +290,7 @@ def test_mlflow_holds_params_metrics_figures_and_candidate(ddp_fusion_run, store
     inputs = collate(store_batch(store, 4), model_cfg.appearance.image_size, model_cfg.keyframes)
     assert bool(inputs.visual_mask.all()), "the synthetic clips all have faces"
     kwargs = inputs.model_kwargs(torch.device("cpu"),
-                                 racnn_input_config(model_cfg, cfg.racnn_input.overlap))
+                                 racnn_input_config(model_cfg, cfg.segment_overlap))
     with torch.no_grad():
         expected = network(**kwargs)[0].numpy()
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from avser.errors import BackendUnavailableError, NoFaceError
 from avser.features.config import LandmarkConfig
+from avser.landmark_regions import N_LANDMARKS  # re-exported
 
 if TYPE_CHECKING:
     from avser.features.dlib_tracking import DlibBackend, dlib_model_path
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
         read_openface_csv,
     )
 
-N_LANDMARKS = 68
 BACKENDS = ("dlib", "openface-csv", "openface")
 
 # Where each backend-module name importable from here is defined; the backend

@@ -38,7 +38,8 @@ class TrainConfig:
     model_overrides: list[str] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    racnn_input: RacnnInputConfig = field(default_factory=RacnnInputConfig)
+    # Overlap of the RACNN input segments; their count and size come from the model config.
+    segment_overlap: float = RacnnInputConfig.overlap
     klda: KLDAConfig = field(default_factory=KLDAConfig)
     # RACNN initialisation for fusion: scratch | checkpoint:PATH | registry:NAME@ALIAS
     init: str = "scratch"

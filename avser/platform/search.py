@@ -100,24 +100,22 @@ def _klda_stage(tcfg: TuneConfig, base: TrainConfig, trials: pd.DataFrame, label
     return best
 
 
-def _test_metrics(trial, features, klda_cfg: KLDAConfig, labels, seed) -> dict[str, float]:
+def _test_metrics(trial, features, head, labels) -> dict[str, float]:
     metrics = {}
     if trial.get("test_ua") is not None and not pd.isna(trial["test_ua"]):
         metrics["network_test_ua"] = float(trial["test_ua"])
     if "test_hybrid" in features:
-        head = fit_klda_head(features["train_hybrid"], features["train_labels"], klda_cfg, seed)
         metrics["klda_test_ua"] = evaluate_head(head, features["test_hybrid"],
                                                 features["test_labels"], labels)["ua"]
     return metrics
 
 
-def _register_best(tcfg, base, trial, params, klda_cfg, features, labels, parent_id) -> int:
+def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id) -> int:
     cfg = apply_params(base, params)
     model_cfg = model_config_for(cfg, len(labels))
     model = build_model("fusion", model_cfg)
     model.load_state_dict(torch.load(Path(trial[CHECKPOINT_KEY]) / "model.pt", map_location="cpu"))
     uri = tracking.log_torch_model(parent_id, model.eval(), example_inputs("fusion", model_cfg))
-    head = fit_klda_head(features["train_hybrid"], features["train_labels"], klda_cfg, tcfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "klda_head.pkl")
         path.write_bytes(pickle.dumps(head))
@@ -172,16 +170,17 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     trial, study, per_trial, features = _klda_stage(tcfg, base, trials, labels)
     klda_cfg = configlib.from_dict(KLDAConfig, {**configlib.to_dict(base.klda), **study.best_params})
     params = {k: trial[k] for k in tcfg.search_space}
+    head = fit_klda_head(features["train_hybrid"], features["train_labels"], klda_cfg, tcfg.seed)
     result = SearchResult(
         trials=trials, best_trial=str(trial["trial_id"]), network_val_ua=float(trial["val_ua"]),
         klda_val_ua=float(study.best_value), klda_params=dict(study.best_params),
-        test_metrics=_test_metrics(trial, features, klda_cfg, labels, tcfg.seed),
+        test_metrics=_test_metrics(trial, features, head, labels),
         klda_seconds_per_trial=per_trial, model_version=None, parent_run_id=parent_id,
     )
     _log_search(parent_id, trials, tcfg, {**params, **{f"klda.{k}": v for k, v in study.best_params.items()}})
     tracking.log_metrics(parent_id, {"best_network_val_ua": result.network_val_ua,
                                      "best_klda_val_ua": result.klda_val_ua,
                                      "klda_seconds_per_trial": per_trial, **result.test_metrics}, step=0)
-    result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, features, labels, parent_id)
+    result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id)
     tracking.finish_run(parent_id)
     return result

@@ -91,7 +91,7 @@ class LoopContext:
 
     @property
     def input_cfg(self):
-        return racnn_input_config(self.model_cfg, self.cfg.racnn_input.overlap)
+        return racnn_input_config(self.model_cfg, self.cfg.segment_overlap)
 
 
 # ---------------------------------------------------------------- batches
@@ -229,7 +229,7 @@ def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
     return {int(m.step) for m in history if m.step >= state.epoch}
 
 
-def _log_epoch(ctx: LoopContext, state: LoopState, metrics: dict[str, float], epoch: int) -> None:
+def _log_epoch(state: LoopState, metrics: dict[str, float], epoch: int) -> None:
     from avser.platform import tracking
 
     tracking.log_metrics(state.mlflow_run_id, metrics, step=epoch)
@@ -309,7 +309,7 @@ def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epoc
         ray.train.report(metrics)
         return
     if metrics["epoch"] not in logged_epochs:
-        _log_epoch(ctx, state, metrics, metrics["epoch"])
+        _log_epoch(state, metrics, metrics["epoch"])
     print(f"[{ctx.run_name}] epoch {metrics['epoch']}: train loss {metrics['train_loss']:.3f}, "
           f"val loss {metrics['val_loss']:.3f}, val UA {metrics['val_ua']:.3f} "
           f"({metrics['epoch_seconds']:.1f} s)", flush=True)
