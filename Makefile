@@ -5,9 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv clean FORCE
 
 venv: $(STAMP)
+
+# avser is installed editable: a .venv copied or linked from another checkout
+# would import that checkout's code, so the stamp records whose it is.
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(CURDIR))
+$(STAMP): FORCE
+endif
+FORCE:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 torchvision==0.28.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+	@echo '$(CURDIR)' > $(STAMP)
 
 # The main job on the embedded defaults: synthetic corpus -> Ray Data features
 # -> Ray Tune + Optuna search (Ray Train trials) -> best model registered.

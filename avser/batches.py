@@ -42,10 +42,12 @@ class ModelInputs:
         """The RACNN input (B, 3, D, S, S), computed on ``device``."""
         return racnn_input([m.to(device) for m in self.logmels], cfg)
 
-    def model_kwargs(self, device: torch.device, cfg: RacnnInputConfig) -> dict[str, torch.Tensor]:
-        """Keyword arguments of the full model's forward, on ``device``."""
+    def model_kwargs(self, device: torch.device, cfg: RacnnInputConfig,
+                     with_speech: bool = True) -> dict[str, torch.Tensor | None]:
+        """Keyword arguments of the full model's forward, on ``device``
+        (``speech`` None for the vision-only variant)."""
         return {
-            "speech": self.speech(device, cfg),
+            "speech": self.speech(device, cfg) if with_speech else None,
             "faces": self.faces.to(device),
             "landmarks": self.landmarks.to(device),
             "visual_mask": self.visual_mask.to(device),

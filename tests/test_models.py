@@ -235,12 +235,28 @@ def test_every_ablation_variant_trains(tiny_cfg, variant, attention):
     agru = dataclasses.replace(tiny_cfg.agru, attention=attention)
     cfg = with_fusion(dataclasses.replace(tiny_cfg, racnn=racnn, agru=agru), variant=variant)
     model = AudioVisualSER.from_config(cfg)
+    assert (model.racnn is not None) == cfg.fusion.uses_speech
     assert (model.appearance is not None) == cfg.fusion.uses_appearance
     assert (model.agrus is not None) == cfg.fusion.uses_geometry
     speech, faces, landmarks, mask, labels = make_batch(cfg, 3)
     logits, _ = model(speech, faces, landmarks, mask)
     nn.functional.cross_entropy(logits, labels).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_vision_only_variant_ignores_speech(tiny_cfg):
+    model = AudioVisualSER.from_config(with_fusion(tiny_cfg, variant="vision")).eval()
+    speech, faces, landmarks, mask, _ = make_batch(tiny_cfg, 3)
+    with torch.no_grad():
+        with_speech, _ = model(speech, faces, landmarks, mask)
+        without, _ = model(None, faces, landmarks, mask)
+        other_speech, _ = model(torch.randn_like(speech), faces, landmarks, mask)
+    torch.testing.assert_close(with_speech, without)
+    torch.testing.assert_close(with_speech, other_speech)
+    with pytest.raises(ValueError, match="vision-only model needs"):
+        model(None, faces, None, mask)
+    with pytest.raises(ConfigError, match="no RACNN"):
+        model.load_racnn_state({})
 
 
 def train_steps(

@@ -47,6 +47,7 @@ from avser.platform import tracking
 from avser.platform.config import DataPrepConfig, TrainConfig, resolve_paths
 from avser.platform.experiments import (
     ExperimentResult,
+    datasets_for,
     label_names_of,
     load_store_meta,
     model_config_for,
@@ -207,6 +208,26 @@ def speech_only_copy(store: Path, target: Path) -> Path:
     return target
 
 
+def label_sorted_copy(store: Path, target: Path, copies: int = 8, rows_per_part: int = 16) -> Path:
+    """The store as the preprocessing job may leave a real corpus: long runs
+    of one label across part files (RAVDESS names sort by emotion). Each clip
+    is repeated ``copies`` times under new ids so the runs outgrow a batch."""
+    table = pa.concat_tables(pq.read_table(part) for part in feature_store.part_files(store))
+    index = table.schema.get_field_index("clip_id")
+    table = pa.concat_tables(
+        table.set_column(index, "clip_id", pa.array([f"{c}-{n}" for c in table["clip_id"].to_pylist()]))
+        for n in range(copies))
+    table = table.sort_by([("label", "ascending"), ("clip_id", "ascending")])
+    target.mkdir(parents=True)
+    for part, start in enumerate(range(0, len(table), rows_per_part)):
+        pq.write_table(table.slice(start, rows_per_part), target / f"part-{part:04d}.parquet")
+    return target
+
+
+def same_label_neighbours(labels: list[int]) -> float:
+    return float(np.mean([a == b for a, b in zip(labels, labels[1:])]))
+
+
 @contextmanager
 def tracking_store(uri: str):
     """Point this process's tracking helpers at another MLflow store for a block."""
@@ -248,6 +269,28 @@ def test_ddp_two_workers_train_on_disjoint_shards(ddp_fusion_run, store):
     assert not rank0 & rank1, f"ranks share clips {sorted(rank0 & rank1)}"
     meta, split = split_of(store, cfg)
     assert rank0 | rank1 == set(meta["clip_id"].iloc[split.train])
+
+
+def test_training_batches_mix_labels_of_a_label_sorted_store(store, workdir):
+    """Part files hold long runs of one emotion; every epoch must still see
+    each training clip once, in an order that mixes the labels, and a new
+    order each epoch (the split is shuffled once, globally, then per epoch
+    over optim.shuffle_buffer rows)."""
+    from avser.platform.train import LoopContext, _batches
+
+    sorted_store = label_sorted_copy(store, workdir / "sorted-store")
+    cfg = train_config(workdir / "ray", "order")
+    meta, split = split_of(sorted_store, cfg)
+    in_store_order = meta["label"].iloc[sorted(split.train)].tolist()
+    assert same_label_neighbours(in_store_order) > 0.9, "the copy should be label-sorted"
+
+    train = datasets_for(sorted_store, meta, split, cfg)["train"]
+    ctx = LoopContext(cfg, model_cfg_of(sorted_store, cfg), label_names_of(meta), "order", {})
+    epochs = [[int(label) for raw, _ in _batches(train, ctx, shuffle_seed=epoch) for label in raw["label"]]
+              for epoch in (0, 1)]
+    assert sorted(epochs[0]) == sorted(in_store_order), "an epoch sees every training clip once"
+    assert same_label_neighbours(epochs[0]) < 0.35, epochs[0]
+    assert epochs[0] != epochs[1], "each epoch reshuffles"
 
 
 def test_mlflow_holds_params_metrics_figures_and_candidate(ddp_fusion_run, store, tmp_path):

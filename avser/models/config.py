@@ -14,7 +14,9 @@ from avser.errors import ConfigError
 
 # The ablations of the fusion model (paper Table III and the attention study).
 # Attention on/off is orthogonal: ``racnn.attention`` and ``agru.attention``.
-VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full")
+# "vision" (appearance + geometry, no RACNN) is the vision-only baseline of the
+# modality comparison; the paper's ablations are the other four.
+VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full", "vision")
 
 
 @dataclass
@@ -94,12 +96,16 @@ class FusionConfig:
             raise ConfigError(f"fusion.w={self.w} must lie in [0, 1]")
 
     @property
+    def uses_speech(self) -> bool:
+        return self.variant != "vision"
+
+    @property
     def uses_appearance(self) -> bool:
-        return self.variant in ("speech_appearance", "full")
+        return self.variant in ("speech_appearance", "full", "vision")
 
     @property
     def uses_geometry(self) -> bool:
-        return self.variant in ("speech_geometry", "full")
+        return self.variant in ("speech_geometry", "full", "vision")
 
 
 @dataclass

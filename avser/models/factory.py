@@ -66,7 +66,9 @@ def forward_logits(model: nn.Module, stage: str, inputs, device: torch.device,
     if stage == "pretrain":
         logits = model(inputs.speech(device, input_cfg))
         return logits, logits.new_zeros(logits.shape[0], 0)
-    return model(**inputs.model_kwargs(device, input_cfg))
+    # The vision-only variant has no RACNN: skip building its (large) input.
+    with_speech = getattr(model, "module", model).racnn is not None
+    return model(**inputs.model_kwargs(device, input_cfg, with_speech))
 
 
 def example_inputs(stage: str, model_cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -31,11 +31,13 @@ class BiGRUFusion(nn.Module):
     speech tokens, so a clip without a face is simply a shorter sequence: the
     Bi-GRU runs on packed sequences and the feature is the mean of the top
     layer's outputs over each clip's own steps; no padding step leaks in.
+    Without speech (``speech_dim=None``, the vision-only variant) the sequence
+    is the K appearance tokens of every clip (zeros where there is no face).
     """
 
     def __init__(
         self,
-        speech_dim: int,
+        speech_dim: int | None,
         appearance_dim: int | None,
         token_dim: int,
         hidden: int,
@@ -43,8 +45,12 @@ class BiGRUFusion(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        same = speech_dim == token_dim
-        self.speech_proj = nn.Identity() if same else nn.Linear(speech_dim, token_dim)
+        if speech_dim is None and appearance_dim is None:
+            raise ValueError("BiGRUFusion needs speech or appearance tokens")
+        self.speech_proj = None
+        if speech_dim is not None:
+            same = speech_dim == token_dim
+            self.speech_proj = nn.Identity() if same else nn.Linear(speech_dim, token_dim)
         self.appearance_proj = nn.Linear(appearance_dim, token_dim) if appearance_dim else None
         self.modality = nn.Embedding(2 if appearance_dim else 1, token_dim)
         self.bigru = nn.GRU(
@@ -58,9 +64,13 @@ class BiGRUFusion(nn.Module):
         self.out_features = 2 * hidden
 
     def tokens(
-        self, speech: torch.Tensor, appearance: torch.Tensor | None, visual_mask: torch.Tensor
+        self, speech: torch.Tensor | None, appearance: torch.Tensor | None, visual_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The Bi-GRU input (B, N [+ K], token_dim) and each clip's length (B,)."""
+        if self.speech_proj is None:
+            visual = self.appearance_proj(appearance) + self.modality.weight[APPEARANCE]
+            lengths = torch.full((visual.shape[0],), visual.shape[1], dtype=torch.long)
+            return visual, lengths
         tokens = self.speech_proj(speech) + self.modality.weight[SPEECH]
         lengths = torch.full((speech.shape[0],), speech.shape[1], dtype=torch.long)
         if self.appearance_proj is not None and appearance is not None:
@@ -71,13 +81,14 @@ class BiGRUFusion(nn.Module):
 
     def forward(
         self,
-        speech: torch.Tensor,
+        speech: torch.Tensor | None,
         appearance: torch.Tensor | None = None,
         visual_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """speech (B, N, C), appearance (B, K, F) or None, visual_mask (B,) bool."""
+        """speech (B, N, C) or None, appearance (B, K, F) or None, visual_mask (B,) bool."""
         if visual_mask is None:
-            visual_mask = torch.ones(speech.shape[0], dtype=torch.bool, device=speech.device)
+            like = speech if speech is not None else appearance
+            visual_mask = torch.ones(like.shape[0], dtype=torch.bool, device=like.device)
         tokens, lengths = self.tokens(speech, appearance, visual_mask)
         packed = pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False)
         outputs, _ = pad_packed_sequence(self.bigru(packed)[0], batch_first=True)
@@ -101,7 +112,7 @@ class HybridFeature(nn.Module):
 
 
 class AVFeatures(NamedTuple):
-    tokens: torch.Tensor  # (B, N, C) RACNN speech tokens
+    tokens: torch.Tensor | None  # (B, N, C) RACNN speech tokens; None without speech
     speech_appearance: torch.Tensor  # (B, 2 * fusion.hidden)
     geometric: torch.Tensor | None  # (B, 7 * agru.hidden), zeros for clips without a face
     region_weights: torch.Tensor | None  # (B, 7), zeros for clips without a face
@@ -128,12 +139,13 @@ class AudioVisualSER(nn.Module):
 
     Returns logits (B, n_classes) and the hybrid feature (B, 2 * fusion.hidden).
     The ``fusion.variant`` config picks the ablation: speech, speech_appearance,
-    speech_geometry or full; networks a variant does not use are not built.
+    speech_geometry, full, or vision (no RACNN: ``speech`` is ignored and may
+    be None); networks a variant does not use are not built.
     """
 
     def __init__(
         self,
-        racnn: RACNN,
+        racnn: RACNN | None,
         fusion: BiGRUFusion,
         head: nn.Module,
         appearance: AppearanceCNN | None = None,
@@ -143,6 +155,8 @@ class AudioVisualSER(nn.Module):
         super().__init__()
         if (agrus is None) != (hybrid is None):
             raise ValueError("AGRUs and HybridFeature come together")
+        if racnn is None and appearance is None:
+            raise ValueError("a model without RACNN needs the appearance network")
         self.racnn = racnn
         self.appearance = appearance
         self.agrus = agrus
@@ -152,13 +166,13 @@ class AudioVisualSER(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> AudioVisualSER:
-        _, speech_dim = racnn_token_shape(cfg.racnn)
         fc = cfg.fusion
+        speech_dim = racnn_token_shape(cfg.racnn)[1] if fc.uses_speech else None
         appearance = AppearanceCNN.from_config(cfg.appearance) if fc.uses_appearance else None
         fusion = BiGRUFusion(
             speech_dim,
             appearance.out_features if appearance else None,
-            fc.token_dim or speech_dim,
+            fc.token_dim or speech_dim or cfg.racnn.widths[-1],
             fc.hidden,
             fc.layers,
             fc.dropout,
@@ -166,11 +180,14 @@ class AudioVisualSER(nn.Module):
         agrus = AGRUs.from_config(cfg.agru) if fc.uses_geometry else None
         hybrid = HybridFeature(agrus.out_features, fusion.out_features, fc.w) if agrus else None
         head = nn.Sequential(nn.Dropout(fc.dropout), nn.Linear(fusion.out_features, cfg.n_classes))
-        return cls(RACNN.from_config(cfg.racnn), fusion, head, appearance, agrus, hybrid)
+        racnn = RACNN.from_config(cfg.racnn) if fc.uses_speech else None
+        return cls(racnn, fusion, head, appearance, agrus, hybrid)
 
     def load_racnn_state(self, state_dict) -> None:
         """Transfer pretrained RACNN weights (paper Table III) from a RACNN,
         SpeechEmotionNet or AudioVisualSER state dict; other heads are ignored."""
+        if self.racnn is None:
+            raise ConfigError("fusion.variant=vision has no RACNN to initialise; use init=scratch")
         try:
             self.racnn.load_state_dict(racnn_state(state_dict))
         except RuntimeError as exc:
@@ -182,12 +199,15 @@ class AudioVisualSER(nn.Module):
     def _visual_mask(self, speech, faces, landmarks, visual_mask) -> torch.Tensor:
         needed = {"faces": (self.appearance, faces), "landmarks": (self.agrus, landmarks)}
         missing = [name for name, (net, x) in needed.items() if net is not None and x is None]
+        if self.racnn is None and missing:
+            raise ValueError(f"the vision-only model needs {missing}")
+        like = speech if self.racnn is not None else faces
         if visual_mask is None:
             fill = not missing and (self.appearance is not None or self.agrus is not None)
-            return torch.full((speech.shape[0],), fill, dtype=torch.bool, device=speech.device)
+            return torch.full((like.shape[0],), fill, dtype=torch.bool, device=like.device)
         if missing and visual_mask.any():
             raise ValueError(f"visual_mask marks clips with a face but {missing} were not given")
-        return visual_mask.to(device=speech.device, dtype=torch.bool)
+        return visual_mask.to(device=like.device, dtype=torch.bool)
 
     def _appearance(self, faces, mask) -> torch.Tensor | None:
         if self.appearance is None or faces is None:
@@ -208,14 +228,14 @@ class AudioVisualSER(nn.Module):
 
     def forward_features(
         self,
-        speech: torch.Tensor,
+        speech: torch.Tensor | None,
         faces: torch.Tensor | None = None,
         landmarks: torch.Tensor | None = None,
         visual_mask: torch.Tensor | None = None,
     ) -> AVFeatures:
         """Every intermediate feature (for KLDA, attention plots, tests)."""
         mask = self._visual_mask(speech, faces, landmarks, visual_mask)
-        tokens = self.racnn(speech)
+        tokens = self.racnn(speech) if self.racnn is not None else None
         speech_appearance = self.fusion(tokens, self._appearance(faces, mask), mask)
         geometric, weights = self._geometry(landmarks, mask, speech_appearance)
         hybrid = speech_appearance
@@ -225,7 +245,7 @@ class AudioVisualSER(nn.Module):
 
     def forward(
         self,
-        speech: torch.Tensor,
+        speech: torch.Tensor | None,
         faces: torch.Tensor | None = None,
         landmarks: torch.Tensor | None = None,
         visual_mask: torch.Tensor | None = None,

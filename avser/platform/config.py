@@ -29,6 +29,11 @@ class OptimConfig:
     max_epochs: int = 100  # paper: up to 100
     patience: int = 10  # early stopping on validation loss
     grad_clip: float = 5.0
+    # Rows each worker shuffles per epoch (a row holds a clip's features). The
+    # store's part files hold runs of one label; the split is shuffled once,
+    # globally, and this buffer reorders each epoch: the shard size or more
+    # gives a full reshuffle where memory allows.
+    shuffle_buffer: int = 1024
 
 
 @dataclass

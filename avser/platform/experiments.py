@@ -95,6 +95,11 @@ def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: Train
         ids = pa.array(sorted(meta["clip_id"].iloc[index]))
         subset = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
                                     batch_format="pyarrow", batch_size=None, num_cpus=cfg.data_cpus)
+        if name == "train":
+            # Part files hold runs of one label: mix them once, globally, so no
+            # epoch depends on how blocks happen to interleave; each epoch then
+            # reshuffles locally (optim.shuffle_buffer).
+            subset = subset.random_shuffle(seed=cfg.seed)
         datasets[name] = subset.materialize() if cfg.materialize else subset
     datasets["train_eval"] = datasets["train"]
     return datasets

@@ -100,7 +100,7 @@ class LoopContext:
 def _batches(iterator, ctx: LoopContext, shuffle_seed: int | None = None):
     kwargs: dict[str, Any] = {"batch_size": ctx.cfg.optim.batch_size, "batch_format": "numpy"}
     if shuffle_seed is not None:
-        kwargs.update(local_shuffle_buffer_size=4 * ctx.cfg.optim.batch_size,
+        kwargs.update(local_shuffle_buffer_size=ctx.cfg.optim.shuffle_buffer,
                       local_shuffle_seed=shuffle_seed)
     for batch in iterator.iter_batches(**kwargs):
         yield batch, collate(batch, ctx.model_cfg.appearance.image_size,
@@ -130,7 +130,7 @@ def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: in
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.optim.grad_clip)
         optimizer.step()
-        total_loss += float(loss) * len(inputs)
+        total_loss += loss.detach().item() * len(inputs)
         correct += int((logits.argmax(1) == labels).sum())
         count += len(inputs)
     return {"train_loss": total_loss / max(count, 1), "train_wa": correct / max(count, 1)}
