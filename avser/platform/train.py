@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import ray.data
 import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -245,6 +246,9 @@ def _record_shard(ctx: LoopContext, seen_ids: list[str]) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = LoopContext.from_loop_config(loop_config)
+    # The loop prints one line per epoch; Ray Data's bars for every pass over
+    # the validation and test sets would bury it in the job log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     torch.manual_seed(ctx.cfg.seed)
     if ctx.cfg.torch_threads:
         torch.set_num_threads(ctx.cfg.torch_threads)
