@@ -86,7 +86,9 @@ def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: Train
 
     files = [str(p) for p in feature_store.part_files(store)]
     columns = SPEECH_COLUMNS if cfg.stage == "pretrain" else None
-    source = ray.data.read_parquet(files, columns=columns, num_cpus=cfg.data_cpus)
+    source = ray.data.read_parquet(files, num_cpus=cfg.data_cpus)
+    if columns:  # pushed down into the Parquet read by Ray Data's optimizer
+        source = source.select_columns(columns)
     datasets = {}
     for name, index in (("train", split.train), ("val", split.val), ("test", split.test)):
         if index is None or len(index) == 0:
