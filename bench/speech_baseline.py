@@ -24,7 +24,7 @@ from sklearn.svm import SVC
 
 from avser import config as configlib
 from avser.data.splits import make_splits
-from avser.data.store import decode_logmel, read_store
+from avser.data.store import decode_logmel, read_ok_rows
 from avser.metrics import classification_report
 from avser.platform.config import TrainConfig
 from avser.platform.experiments import label_names_of
@@ -66,8 +66,7 @@ def fit_and_score(features, labels, split, label_names) -> tuple[float, dict[str
 
 def main() -> None:
     args = parse_args()
-    frame = read_store(args.store)
-    frame = frame[frame["status"] == "ok"].reset_index(drop=True)
+    frame = read_ok_rows(args.store)
     features, labels = clip_statistics(frame), frame["label"].to_numpy()
     label_names = label_names_of(frame)
     base = configlib.load(TrainConfig, args.config).split

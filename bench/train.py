@@ -68,7 +68,7 @@ class FrameShard:
 
 
 def load_rows(store: str, clips: int) -> pd.DataFrame:
-    from avser.data.store import read_store
+    from avser.data.store import read_ok_rows
     from avser.errors import AvserError
     from avser.platform.experiments import SPEECH_COLUMNS
 
@@ -77,8 +77,7 @@ def load_rows(store: str, clips: int) -> pd.DataFrame:
             f"no feature store at {store}; build one with `avser manifest --corpus ravdess "
             "--root ../shared/data/ravdess-speech-16k --out out/ravdess.parquet` and "
             "`python jobs/preprocess.py --manifest out/ravdess.parquet --out out/store-ravdess`")
-    frame = read_store(store, columns=[*SPEECH_COLUMNS, "status"])
-    frame = frame[frame["status"] == "ok"].drop(columns=["status"])
+    frame = read_ok_rows(store, SPEECH_COLUMNS)
     return frame.sample(n=min(clips, len(frame)), random_state=0).reset_index(drop=True)
 
 

@@ -178,6 +178,16 @@ def read_store(store: str | Path, columns: list[str] | None = None) -> pd.DataFr
     return table.drop(columns=["_part", "_row"]).reset_index(drop=True)
 
 
+def read_ok_rows(store: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of clips whose features were computed (status ``ok``)."""
+    cols = None if columns is None else sorted(set(columns) | {"status"})
+    frame = read_store(store, cols)
+    ok = frame[frame["status"] == STATUS_OK].reset_index(drop=True)
+    if ok.empty:
+        raise AvserError(f"feature store {store} has no clip with status ok; see its error column")
+    return ok if columns is None or "status" in columns else ok.drop(columns=["status"])
+
+
 def finished_keys(store: str | Path) -> set[str]:
     """Source keys whose clips need no more work: stored ``ok`` or with a
     deterministic error (empty for a new store)."""

@@ -66,8 +66,8 @@ def forward_logits(model: nn.Module, stage: str, inputs, device: torch.device,
     if stage == "pretrain":
         logits = model(inputs.speech(device, input_cfg))
         return logits, logits.new_zeros(logits.shape[0], 0)
-    # The vision-only variant has no RACNN: skip building its (large) input.
-    with_speech = getattr(model, "module", model).racnn is not None
+    # The vision-only variant reads no speech: skip building its (large) input.
+    with_speech = getattr(model, "module", model).uses_speech  # DDP wraps the model
     return model(**inputs.model_kwargs(device, input_cfg, with_speech))
 
 

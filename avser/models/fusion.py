@@ -172,7 +172,8 @@ class AudioVisualSER(nn.Module):
         fusion = BiGRUFusion(
             speech_dim,
             appearance.out_features if appearance else None,
-            fc.token_dim or speech_dim or cfg.racnn.widths[-1],
+            # Without speech the tokens keep the width they would have beside it.
+            fc.token_dim or cfg.racnn.widths[-1],
             fc.hidden,
             fc.layers,
             fc.dropout,
@@ -183,10 +184,15 @@ class AudioVisualSER(nn.Module):
         racnn = RACNN.from_config(cfg.racnn) if fc.uses_speech else None
         return cls(racnn, fusion, head, appearance, agrus, hybrid)
 
+    @property
+    def uses_speech(self) -> bool:
+        """False for the vision-only variant: ``speech`` is never read."""
+        return self.racnn is not None
+
     def load_racnn_state(self, state_dict) -> None:
         """Transfer pretrained RACNN weights (paper Table III) from a RACNN,
         SpeechEmotionNet or AudioVisualSER state dict; other heads are ignored."""
-        if self.racnn is None:
+        if not self.uses_speech:
             raise ConfigError("fusion.variant=vision has no RACNN to initialise; use init=scratch")
         try:
             self.racnn.load_state_dict(racnn_state(state_dict))
@@ -199,9 +205,9 @@ class AudioVisualSER(nn.Module):
     def _visual_mask(self, speech, faces, landmarks, visual_mask) -> torch.Tensor:
         needed = {"faces": (self.appearance, faces), "landmarks": (self.agrus, landmarks)}
         missing = [name for name, (net, x) in needed.items() if net is not None and x is None]
-        if self.racnn is None and missing:
+        if not self.uses_speech and missing:
             raise ValueError(f"the vision-only model needs {missing}")
-        like = speech if self.racnn is not None else faces
+        like = speech if self.uses_speech else faces
         if visual_mask is None:
             fill = not missing and (self.appearance is not None or self.agrus is not None)
             return torch.full((like.shape[0],), fill, dtype=torch.bool, device=like.device)
@@ -235,7 +241,7 @@ class AudioVisualSER(nn.Module):
     ) -> AVFeatures:
         """Every intermediate feature (for KLDA, attention plots, tests)."""
         mask = self._visual_mask(speech, faces, landmarks, visual_mask)
-        tokens = self.racnn(speech) if self.racnn is not None else None
+        tokens = self.racnn(speech) if self.uses_speech else None
         speech_appearance = self.fusion(tokens, self._appearance(faces, mask), mask)
         geometric, weights = self._geometry(landmarks, mask, speech_appearance)
         hybrid = speech_appearance

@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 from avser import config as configlib
 from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
-from avser.errors import AvserError
 from avser.models.config import ModelConfig
 from avser.platform import tracking
 from avser.platform.config import TrainConfig, resolve_paths
@@ -58,11 +57,7 @@ class ExperimentResult:
 
 
 def load_store_meta(store: str | Path) -> pd.DataFrame:
-    meta = feature_store.read_store(store, META_COLUMNS)
-    ok = meta[meta["status"] == feature_store.STATUS_OK].reset_index(drop=True)
-    if ok.empty:
-        raise AvserError(f"feature store {store} has no clip with status ok; see its error column")
-    return ok
+    return feature_store.read_ok_rows(store, META_COLUMNS)
 
 
 def label_names_of(meta: pd.DataFrame) -> list[str]:
