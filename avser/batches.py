@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from avser.data.store import decode_landmarks, decode_logmel
+from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import RacnnInputConfig
 from avser.features.faces import decode_jpeg
 from avser.features.racnn_input import racnn_input
@@ -38,20 +39,44 @@ class ModelInputs:
     def __len__(self) -> int:
         return len(self.logmels)
 
-    def speech(self, device: torch.device, cfg: RacnnInputConfig) -> torch.Tensor:
-        """The RACNN input (B, 3, D, S, S), computed on ``device``."""
-        return racnn_input([m.to(device) for m in self.logmels], cfg)
+    def speech(self, device: torch.device, cfg: RacnnInputConfig,
+               augment: SpeechAugmentConfig | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The RACNN input (B, 3, D, S, S), computed on ``device``; ``augment``
+        only for training batches."""
+        return racnn_input([m.to(device) for m in self.logmels], cfg,
+                           augment=augment, generator=generator)
 
     def model_kwargs(self, device: torch.device, cfg: RacnnInputConfig,
-                     with_speech: bool = True) -> dict[str, torch.Tensor | None]:
+                     with_speech: bool = True, augment: SpeechAugmentConfig | None = None,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor | None]:
         """Keyword arguments of the full model's forward, on ``device``
         (``speech`` None for the vision-only variant)."""
         return {
-            "speech": self.speech(device, cfg) if with_speech else None,
+            "speech": self.speech(device, cfg, augment, generator) if with_speech else None,
             "faces": self.faces.to(device),
             "landmarks": self.landmarks.to(device),
             "visual_mask": self.visual_mask.to(device),
         }
+
+
+class FrameBatches:
+    """Store rows in a pandas frame, batched as ``ray.data.DataIterator.iter_batches``
+    batches them (numpy columns, optional seeded shuffle): the training loop
+    runs on it without Ray (benchmarks, recipe search, notebooks)."""
+
+    def __init__(self, frame) -> None:
+        self.frame = frame.reset_index(drop=True)
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy",
+                     local_shuffle_buffer_size: int | None = None,
+                     local_shuffle_seed: int | None = None):
+        order = np.arange(len(self.frame))
+        if local_shuffle_buffer_size:
+            order = np.random.default_rng(local_shuffle_seed).permutation(order)
+        for start in range(0, len(order), batch_size):
+            rows = self.frame.iloc[order[start:start + batch_size]]
+            yield {name: rows[name].to_numpy() for name in rows.columns}
 
 
 def face_tensor(jpegs: Sequence[bytes], size: int) -> np.ndarray:

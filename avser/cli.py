@@ -114,6 +114,53 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from avser.predict import predict_files, resolve_bundle
+
+    bundle = resolve_bundle(args.weights, args.model)
+    results = predict_files(args.clips, bundle)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=1))
+        return 0
+    names = bundle.label_names
+    print("| file | label | " + " | ".join(names) + " |")
+    print("| --- | --- | " + " | ".join("---:" for _ in names) + " |")
+    for r in results:
+        probs = " | ".join(f"{r.probabilities[n]:.2f}" for n in names)
+        print(f"| {r.path} | **{r.label}** | {probs} |")
+    for r in results:
+        if r.note:
+            print(f"note: {r.path}: {r.note}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from avser.predict import evaluate_manifest, resolve_bundle
+
+    if not (args.weights or args.model):
+        raise AvserError("avser evaluate needs --weights FILE or --model NAME@ALIAS")
+    bundle = resolve_bundle(args.weights, args.model)
+    report = evaluate_manifest(bundle, args.manifest, args.out)
+    print(f"{report['n']} clips of {args.manifest}: WA {report['wa']:.2%}, UA {report['ua']:.2%}, "
+          f"macro-F1 {report['macro_f1']:.2%}")
+    print("| class | recall | clips |\n| --- | ---: | ---: |")
+    for name, recall in report["per_class_recall"].items():
+        shown = "-" if recall is None else f"{recall:.2%}"
+        print(f"| {name} | {shown} | {report['support'][name]} |")
+    if args.out:
+        print(f"wrote {args.out}/confusion.png and {args.out}/predictions.csv")
+    return 0
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None,
+                        help="a model bundle file (default for predict: the shipped speech model)")
+    parser.add_argument("--model", default=None, metavar="NAME@ALIAS",
+                        help="a registered model version, e.g. avser-racnn@champion")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avser", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--source", default="candidate", help="alias to promote from")
     promote.add_argument("--alias", default="champion")
     promote.set_defaults(func=_cmd_promote)
+
+    predict = sub.add_parser("predict", help="emotion probabilities of audio or video files")
+    predict.add_argument("clips", nargs="+", help="wav/flac/mp3/mp4/avi/mov files")
+    _add_model_source(predict)
+    predict.add_argument("--json", action="store_true", help="JSON instead of a table")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="score a model on every clip of a manifest")
+    _add_model_source(evaluate)
+    evaluate.add_argument("--manifest", required=True, help="a manifest (avser manifest ...)")
+    evaluate.add_argument("--out", default=None, help="folder for confusion.png and predictions.csv")
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -7,7 +7,7 @@ vs one Ray Train worker, on the same store rows, in one run.
 Both sides run the platform's own ``train_one_epoch`` (collate, the RACNN
 input transform on the device, forward, backward, Adam step) for ``--epochs``
 epochs with the same thread count; the first epoch is warm-up. The plain loop
-iterates a pandas frame of the rows; the Ray side is a ``TorchTrainer`` with
+iterates a pandas frame of the rows (``avser.batches.FrameBatches``); the Ray side is a ``TorchTrainer`` with
 one worker reading a materialized Ray dataset through ``get_dataset_shard``.
 
 Printed: steady-state samples/s of each (epochs after the first), the Ray
@@ -25,7 +25,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +46,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, both sides")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     return parser.parse_args()
-
-
-class FrameShard:
-    """The slice of ``ray.data.DataIterator`` that ``train_one_epoch`` uses,
-    over a pandas frame: numpy batches, an optional seeded shuffle."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self.frame = frame.reset_index(drop=True)
-
-    def iter_batches(self, batch_size: int, batch_format: str = "numpy",
-                     local_shuffle_buffer_size: int | None = None,
-                     local_shuffle_seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        order = np.arange(len(self.frame))
-        if local_shuffle_buffer_size:
-            order = np.random.default_rng(local_shuffle_seed).permutation(order)
-        for start in range(0, len(order), batch_size):
-            rows = self.frame.iloc[order[start:start + batch_size]]
-            yield {name: rows[name].to_numpy() for name in rows.columns}
 
 
 def load_rows(store: str, clips: int) -> pd.DataFrame:
@@ -151,13 +132,14 @@ def steady_rate(seconds: list[float], clips: int) -> float:
 def main() -> None:
     args = parse_args()
     os.chdir(REPO)
+    from avser.batches import FrameBatches
     from avser.platform.cluster import init_ray
 
     load_before = os.getloadavg()[0]
     frame = load_rows(args.store, args.clips)
     ctx = loop_context(args, n_classes=int(frame["label"].max()) + 1)
     torch.set_num_threads(args.threads)
-    plain = run_epochs(ctx, FrameShard(frame), torch.device(args.device), args.epochs)
+    plain = run_epochs(ctx, FrameBatches(frame), torch.device(args.device), args.epochs)
     init_ray()
     in_worker, fit_seconds = run_ray(ctx, frame, args)
 

@@ -28,8 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avser import config as configlib
 from avser.data.manifest import Clip
 from avser.errors import AvserError
+from avser.features.config import FeatureConfig
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -38,6 +40,9 @@ STATUS_ERROR = "error"
 REASON_INTERNAL = "internal"
 RETRIED_REASONS = frozenset({REASON_INTERNAL})
 PART_GLOB = "part-*.parquet"
+# The feature config a store was computed with: what a trained model's
+# bundle must reproduce on new files (avser.predict).
+FEATURES_FILE = "features.yaml"
 # Examples of each failure reason printed in the summary.
 SUMMARY_EXAMPLES = 3
 
@@ -231,3 +236,22 @@ def failure_summary(frame: pd.DataFrame) -> str:
 
 def manifest_clips(frame: pd.DataFrame) -> Iterable[Clip]:
     return (Clip.from_row(r) for r in frame.to_dict("records"))
+
+
+def save_feature_config(store: str | Path, cfg: FeatureConfig) -> Path:
+    """Write the store's feature config (a ``FeatureConfig``) beside its parts."""
+    path = Path(store) / FEATURES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    configlib.save(cfg, path)
+    return path
+
+
+def load_feature_config(store: str | Path) -> FeatureConfig:
+    """The ``FeatureConfig`` a store was computed with; the defaults (with a
+    warning) for a store written before stores recorded it."""
+    path = Path(store) / FEATURES_FILE
+    if not path.is_file():
+        print(f"warning: {store} has no {FEATURES_FILE}; assuming the default feature config "
+              "(re-run jobs/preprocess.py on it to record the real one)")
+        return FeatureConfig()
+    return configlib.load(FeatureConfig, path)

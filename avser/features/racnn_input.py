@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from avser.errors import ConfigError
+from avser.features.augment import SpeechAugmentConfig, apply_masks, mel_source_rows, time_window
 from avser.features.config import RacnnInputConfig
 
 # Too coarse for the normalisation sums (the store keeps float16): computed in float32.
@@ -25,6 +26,8 @@ def racnn_input(
     logmels: Sequence[torch.Tensor | np.ndarray] | torch.Tensor,
     cfg: RacnnInputConfig | None = None,
     lengths: Sequence[int] | torch.Tensor | None = None,
+    augment: SpeechAugmentConfig | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The RACNN input ``(B, 3, D, size, size)`` from 3D log-mels.
 
@@ -46,18 +49,27 @@ def racnn_input(
        ``F.interpolate``, the time axis by sampling every segment of every
        clip in one ``grid_sample`` call (no loop, any mix of lengths).
 
+    ``augment`` (training only; :mod:`avser.features.augment`) masks the
+    normalised log-mels, warps the mel axis in step 3 and stretches and moves
+    the window that the segments of step 2 cover, with draws from
+    ``generator``.
+
     Runs on the input's device. float16/bfloat16 input (the store keeps
     float16) is computed and returned in float32; float32/float64 stay as they are.
     """
     cfg = cfg or RacnnInputConfig()
     _check_racnn_config(cfg)
+    augment = augment if augment is not None and augment.enabled else None
     batch, frames = _padded_batch(logmels, lengths)
     batch = _normalise_per_utterance(batch, frames, cfg.min_std)
+    if augment is not None:
+        batch = apply_masks(batch, frames, augment, generator)
     n_clips, channels, _, padded_len = batch.shape
     # Mel axis first (time untouched: equal in and out sizes sample every frame exactly).
-    batch = F.interpolate(batch, size=(cfg.size, padded_len), mode="bilinear", align_corners=False)
+    batch = _resize_mel_axis(batch, cfg.size, augment, generator)
     rows = batch.reshape(n_clips, channels * cfg.size, 1, padded_len)
-    grid = _segment_grid(frames, padded_len, cfg).to(batch.dtype)
+    window = time_window(frames, augment, generator)
+    grid = _segment_grid(frames, padded_len, cfg, window).to(batch.dtype)
     # grid_sample on a height-1 image: only the time axis is interpolated.
     out = F.grid_sample(rows, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out.reshape(n_clips, channels, cfg.size, cfg.segments, cfg.size)
@@ -119,25 +131,46 @@ def _normalise_per_utterance(
     return centred / std.clamp_min(min_std)
 
 
-def _segment_grid(frames: torch.Tensor, padded_len: int, cfg: RacnnInputConfig) -> torch.Tensor:
-    """``grid_sample`` grid ``(B, 1, D * size, 2)``: where each output column reads in time."""
+def _resize_mel_axis(batch: torch.Tensor, size: int, augment: SpeechAugmentConfig | None,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """``(B, C, M, T)`` -> ``(B, C, size, T)``, bilinear; a mel warp reads warped rows."""
+    n_clips, _, n_mels, padded_len = batch.shape
+    if augment is None or augment.mel_warp == 0:
+        return F.interpolate(batch, size=(size, padded_len), mode="bilinear", align_corners=False)
+    source = mel_source_rows(n_mels, size, n_clips, augment, generator).to(batch.device)
+    index = (source - 0.5).clamp(0.0, n_mels - 1.0)  # F.interpolate's edge clamp
+    y = (2.0 * index + 1.0) / n_mels - 1.0  # (B, size)
+    x = (2.0 * torch.arange(padded_len, device=batch.device, dtype=y.dtype) + 1.0) / padded_len - 1.0
+    grid = torch.stack(torch.broadcast_tensors(x[None, None, :], y[:, :, None]), dim=-1)
+    return F.grid_sample(batch, grid.to(batch.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def _segment_grid(frames: torch.Tensor, padded_len: int, cfg: RacnnInputConfig,
+                  window: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``grid_sample`` grid ``(B, 1, D * size, 2)``: where each output column reads in time.
+
+    ``window`` (start, span) in frames is the part of each clip the segments
+    cover (default: all of it); reads beyond the clip repeat its edge frames.
+    """
     # float64 so long clips place columns exactly; the grid is tiny.
     dtype = torch.float64
-    length = frames.to(dtype)  # (B,)
+    clip_len = frames.to(dtype)  # (B,)
+    start, length = window if window is not None else (torch.zeros_like(clip_len), clip_len)
+    start, length = start.to(dtype), length.to(dtype)
     seg_len = length / (1.0 + (cfg.segments - 1) * (1.0 - cfg.overlap))
     seg_hop = seg_len * (1.0 - cfg.overlap)
     segment = torch.arange(cfg.segments, device=frames.device, dtype=dtype)
     column = torch.arange(cfg.size, device=frames.device, dtype=dtype) + 0.5
     # Continuous time (frame i spans [i, i+1)) of each output column's centre.
-    time = seg_hop[:, None, None] * segment[None, :, None] + (
-        seg_len[:, None, None] * column[None, None, :] / cfg.size
-    )
+    first = (start[:, None] + seg_hop[:, None] * segment[None, :])[..., None]  # (B, D, 1)
+    time = first + seg_len[:, None, None] * column[None, None, :] / cfg.size
     # Frame-index coordinates, clamped to the segment's first and last frame centres
     # as F.interpolate clamps at the edges of a segment cut out on its own.
-    first = (seg_hop[:, None] * segment[None, :])[..., None]  # (B, D, 1)
     last = torch.maximum(first, first + seg_len[:, None, None] - 1.0)
-    last = torch.minimum(last, (length - 1.0)[:, None, None])
+    last = torch.minimum(last, (start + length - 1.0)[:, None, None])
     index = torch.minimum(torch.maximum(time - 0.5, first), last)
+    index = index.clamp(torch.zeros_like(clip_len)[:, None, None], (clip_len - 1.0)[:, None, None])
     x = (2.0 * index + 1.0) / padded_len - 1.0  # align_corners=False normalisation
     x = x.reshape(len(frames), 1, cfg.segments * cfg.size)
     return torch.stack([x, torch.zeros_like(x)], dim=-1)

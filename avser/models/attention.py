@@ -17,7 +17,7 @@ _VOLUME = (2, 3, 4)  # the D, H, W axes of a (B, C, D, H, W) map
 
 
 class ConvBlock3d(nn.Module):
-    """Conv3d (valid padding, as in Table I) + GroupNorm + ReLU."""
+    """Conv3d (valid padding, as in Table I, unless ``padding``) + GroupNorm + ReLU."""
 
     def __init__(
         self,
@@ -27,10 +27,11 @@ class ConvBlock3d(nn.Module):
         stride: Size3 = 1,
         groups: int = 8,
         act_layer: type[nn.Module] = nn.ReLU,
+        padding: Size3 = 0,
     ) -> None:
         super().__init__()
         # No conv bias: GroupNorm's shift makes it redundant.
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, bias=False)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.norm = nn.GroupNorm(groups, out_channels)
         self.act = act_layer(inplace=True)
 

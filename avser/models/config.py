@@ -17,6 +17,11 @@ from avser.errors import ConfigError
 # "vision" (appearance + geometry, no RACNN) is the vision-only baseline of the
 # modality comparison; the paper's ablations are the other four.
 VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full", "vision")
+# Conv1 of the RACNN: Table I's 3x2x2 patches, or overlapping 3x5x5 kernels
+# (padding 2, the same stride and output size) that see across patch edges.
+CONV1_KINDS = ("table1", "overlap5")
+# The pretraining speech head: mean over the 147 tokens, or a Bi-GRU over them.
+SPEECH_HEADS = ("mean", "bigru")
 
 
 @dataclass
@@ -35,8 +40,15 @@ class RACNNConfig:
     spatial_kernel: int = 7  # spatial attention conv kernel (cubic)
     n_classes: int = 8  # classes of the pretraining speech_head
     dropout: float = 0.3  # before the speech_head's FC
+    conv1: str = "table1"  # one of CONV1_KINDS
+    head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
+    head_hidden: int = 128  # bigru head: units per direction
 
     def __post_init__(self) -> None:
+        for key, value, choices in (("conv1", self.conv1, CONV1_KINDS),
+                                    ("head", self.head, SPEECH_HEADS)):
+            if value not in choices:
+                raise ConfigError(f"racnn.{key}={value!r}; choose one of {list(choices)}")
         self.widths = tuple(self.widths)
         if len(self.widths) != 3:
             raise ConfigError(f"racnn.widths must hold 3 stage widths, got {self.widths}")

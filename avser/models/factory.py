@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from avser.errors import ConfigError
+from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import RacnnInputConfig
 from avser.models.config import ModelConfig
 from avser.models.fusion import AudioVisualSER
@@ -60,15 +61,21 @@ def build_model(stage: str, model_cfg: ModelConfig, init: str = "scratch") -> nn
 
 
 def forward_logits(model: nn.Module, stage: str, inputs, device: torch.device,
-                   input_cfg: RacnnInputConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                   input_cfg: RacnnInputConfig, augment: SpeechAugmentConfig | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, hybrid features); a pretraining net has no hybrid feature, so
-    an empty (B, 0) tensor stands in for it."""
+    an empty (B, 0) tensor stands in for it. ``augment``: training batches only."""
     if stage == "pretrain":
-        logits = model(inputs.speech(device, input_cfg))
-        return logits, logits.new_zeros(logits.shape[0], 0)
+        return pretrain_logits(model, inputs.speech(device, input_cfg, augment, generator))
     # The vision-only variant reads no speech: skip building its (large) input.
     with_speech = getattr(model, "module", model).uses_speech  # DDP wraps the model
-    return model(**inputs.model_kwargs(device, input_cfg, with_speech))
+    return model(**inputs.model_kwargs(device, input_cfg, with_speech, augment, generator))
+
+
+def pretrain_logits(model: nn.Module, speech: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A speech network's (logits, empty (B, 0) hybrid features) for a built input."""
+    logits = model(speech)
+    return logits, logits.new_zeros(logits.shape[0], 0)
 
 
 def example_inputs(stage: str, model_cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -42,6 +42,9 @@ class LayerSpec:
 # Table I. Conv6's stride is read as 1x2x2: the table prints its output as
 # 4x28x28, which contradicts that stride and Conv7's 3x14x14 output.
 CONV1 = LayerSpec("Conv1", (3, 2, 2), (1, 2, 2))
+# The overlapping alternative (racnn.conv1: overlap5): padding 2 keeps Table I's output size.
+CONV1_OVERLAP = LayerSpec("Conv1", (3, 5, 5), (1, 2, 2))
+CONV1_OVERLAP_PADDING = (0, 2, 2)
 MAX_POOL = LayerSpec("Max pool", (1, 2, 2), (1, 2, 2))
 RA_BLOCKS: tuple[tuple[LayerSpec, LayerSpec], ...] = (
     (LayerSpec("Conv2", (2, 1, 1)), LayerSpec("Conv3", (2, 1, 1))),
@@ -160,10 +163,13 @@ class RACNN(nn.Module):
         widths: tuple[int, int, int] = (32, 96, 288),
         groups: int = 8,
         attn_layer: Callable[[int], nn.Module] | None = CBAM3d,
+        conv1: str = "table1",
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
-        self.conv1 = ConvBlock3d(in_channels, widths[0], CONV1.kernel, CONV1.stride, groups)
+        spec, padding = (CONV1_OVERLAP, CONV1_OVERLAP_PADDING) if conv1 == "overlap5" else (CONV1, 0)
+        self.conv1 = ConvBlock3d(in_channels, widths[0], spec.kernel, spec.stride, groups,
+                                 padding=padding)
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
         blocks, channels = [], widths[0]
         for specs, width in zip(RA_BLOCKS, widths):
@@ -184,7 +190,7 @@ class RACNN(nn.Module):
                 spatial_kernel=cfg.spatial_kernel,
                 min_hidden=cfg.attention_min_hidden,
             )
-        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer)
+        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1)
 
     def table_i_layers(self) -> dict[str, nn.Module]:
         """Table I row name -> the module producing that row's output."""
@@ -216,10 +222,31 @@ class SpeechHead(nn.Module):
         return self.fc(self.drop(tokens.mean(dim=1)))
 
 
+class BiGRUSpeechHead(nn.Module):
+    """The paper's reading of the tokens (section II-C, speech alone): a
+    bidirectional GRU over the token sequence, mean over its outputs, FC."""
+
+    def __init__(self, channels: int, n_classes: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * hidden, n_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(tokens)
+        return self.fc(self.drop(states.mean(dim=1)))
+
+
+def speech_head(cfg: RACNNConfig) -> nn.Module:
+    if cfg.head == "bigru":
+        return BiGRUSpeechHead(cfg.widths[-1], cfg.n_classes, cfg.head_hidden, cfg.dropout)
+    return SpeechHead(cfg.widths[-1], cfg.n_classes, cfg.dropout)
+
+
 class SpeechEmotionNet(nn.Module):
     """RACNN + speech_head, trained on speech alone; ``forward`` -> (B, n_classes) logits."""
 
-    def __init__(self, racnn: RACNN, speech_head: SpeechHead) -> None:
+    def __init__(self, racnn: RACNN, speech_head: nn.Module) -> None:
         super().__init__()
         self.racnn = racnn
         self.speech_head = speech_head
@@ -227,7 +254,7 @@ class SpeechEmotionNet(nn.Module):
     @classmethod
     def from_config(cls, cfg: RACNNConfig | ModelConfig) -> SpeechEmotionNet:
         cfg = cfg.racnn if isinstance(cfg, ModelConfig) else cfg
-        return cls(RACNN.from_config(cfg), SpeechHead(cfg.widths[-1], cfg.n_classes, cfg.dropout))
+        return cls(RACNN.from_config(cfg), speech_head(cfg))
 
     def forward(self, speech: torch.Tensor) -> torch.Tensor:
         return self.speech_head(self.racnn(speech))

@@ -6,8 +6,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from avser.data.splits import SplitConfig
+from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.heads import KLDAConfig
+from avser.recipe import OptimConfig
+
+__all__ = ["DataPrepConfig", "OptimConfig", "PreprocessConfig", "TrainConfig", "resolve_paths"]
 
 
 @dataclass
@@ -22,26 +26,13 @@ class PreprocessConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-3  # paper
-    weight_decay: float = 0.0
-    batch_size: int = 10  # paper
-    max_epochs: int = 100  # paper: up to 100
-    patience: int = 10  # early stopping on validation loss
-    grad_clip: float = 5.0
-    # Rows each worker shuffles per epoch (a row holds a clip's features). The
-    # store's part files hold runs of one label; the split is shuffled once,
-    # globally, and this buffer reorders each epoch: the shard size or more
-    # gives a full reshuffle where memory allows.
-    shuffle_buffer: int = 1024
-
-
-@dataclass
 class TrainConfig:
     stage: str = "fusion"  # pretrain (RACNN + speech head) | fusion (full model)
     model_config: str = "configs/model/tiny.yaml"
     model_overrides: list[str] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # On-the-fly augmentation of the speech input, training split only.
+    augment: SpeechAugmentConfig = field(default_factory=SpeechAugmentConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     # Overlap of the RACNN input segments; their count and size come from the model config.
     segment_overlap: float = RacnnInputConfig.overlap
@@ -62,7 +53,8 @@ class TrainConfig:
     # larger than the object store, on a cluster).
     materialize: bool = True
     use_gpu: bool = False
-    mixed_precision: bool = True  # bf16 autocast, GPU only
+    # auto: bf16 autocast on a GPU or on a CPU with native bf16, else fp32 | bf16 | fp32
+    mixed_precision: str = "auto"
     max_failures: int = 2
     seed: int = 0
     experiment: str = "avser"

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from avser import config as configlib
 from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
+from avser.features.config import AudioConfig
 from avser.models.config import ModelConfig
 from avser.platform import tracking
 from avser.platform.config import TrainConfig, resolve_paths
@@ -111,10 +112,13 @@ def run_name_for(cfg: TrainConfig, model_cfg: ModelConfig, split_name: str, corp
 
 
 def loop_config_for(cfg: TrainConfig, model_cfg: ModelConfig, label_names: list[str], run_name: str,
-                    tracking_info: dict[str, Any]) -> dict[str, Any]:
+                    tracking_info: dict[str, Any], audio_cfg: AudioConfig | None = None
+                    ) -> dict[str, Any]:
+    """``audio_cfg``: the store's (what a saved model bundle must reproduce)."""
     return {
         "train": configlib.to_dict(cfg),
         "model": configlib.to_dict(model_cfg),
+        "audio": configlib.to_dict(audio_cfg or AudioConfig()),
         "label_names": label_names,
         "run_name": run_name,
         "tracking": tracking_info,
@@ -172,7 +176,8 @@ def _run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash, trackin
     from avser.platform.train import trainer_for
 
     run_name = run_name_for(cfg, model_cfg, split.name, corpus, dhash)
-    loop_config = loop_config_for(cfg, model_cfg, labels, run_name, tracking_info)
+    loop_config = loop_config_for(cfg, model_cfg, labels, run_name, tracking_info,
+                                  feature_store.load_feature_config(store).audio)
     trainer = trainer_for(loop_config, datasets_for(store, meta, split, cfg), cfg, run_name)
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from avser.heads import evaluate_head, fit_klda_head
+from avser.predict import STAGE_OF_KIND, ModelBundle, save_bundle
+from avser.platform.bundles import BUNDLE_ARTIFACT_DIR, BUNDLE_FILE, BUNDLE_TAG
 from avser.models.factory import example_inputs
 from avser.metrics import classification_report, plot_confusion, plot_curves
 from avser.platform import tracking
 
 REGISTERED_NAMES = {"pretrain": "avser-racnn", "fusion": "avser"}
 CANDIDATE_ALIAS = "candidate"
+KIND_OF_STAGE = {stage: kind for kind, stage in STAGE_OF_KIND.items()}
 
 
 def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list[str]):
@@ -75,17 +78,31 @@ def _log_figures(run_id: str, ctx, splits, history) -> None:
         tracking.log_figure_file(run_id, curves_png, "figures")
 
 
-def register(ctx, model, run_id: str) -> str | None:
+def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
+    """The plain-data bundle of a trained model (avser predict / evaluate)."""
+    return ModelBundle(
+        kind=KIND_OF_STAGE[ctx.cfg.stage], model_cfg=ctx.model_cfg, audio_cfg=ctx.audio_cfg,
+        segment_overlap=ctx.cfg.segment_overlap, label_names=list(ctx.label_names),
+        state_dict=model.state_dict(),
+        card={"run_name": ctx.run_name, "protocol": ctx.cfg.split.protocol,
+              "metrics": {k: float(v) for k, v in metrics.items()}},
+    )
+
+
+def register(ctx, model, run_id: str, bundle_path: str) -> str | None:
     name = ctx.cfg.register_as or REGISTERED_NAMES[ctx.cfg.stage]
+    artifact = tracking.log_artifact_file(run_id, bundle_path, BUNDLE_ARTIFACT_DIR)
     uri = tracking.log_torch_model(run_id, model.eval(), example_inputs(ctx.cfg.stage, ctx.model_cfg))
     return tracking.register_model(uri, name, alias=CANDIDATE_ALIAS,
-                                   tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage})
+                                   tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage,
+                                         BUNDLE_TAG: artifact})
 
 
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
     metrics["best_epoch"] = state.best_epoch
     torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+    bundle_path = save_bundle(bundle_of(ctx, model, metrics), os.path.join(folder, BUNDLE_FILE))
     save_hybrid_features(splits, folder)
     Path(folder, "labels.json").write_text(json.dumps(ctx.label_names))
     run_id = state.mlflow_run_id
@@ -96,7 +113,7 @@ def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
     _log_figures(run_id, ctx, splits, state.history)
     if ctx.tracking.get("register", True):
-        version = register(ctx, model, run_id)
+        version = register(ctx, model, run_id, str(bundle_path))
         metrics["model_version"] = float(version) if version is not None else -1.0
     tracking.finish_run(run_id)
     state.final_metrics = metrics

@@ -184,6 +184,7 @@ def run_preprocess(
     manifest = read_manifest(manifest_path)
     _check_manifest(manifest, manifest_path)
     todo = plan(manifest, store, cfg.features)
+    feature_store.save_feature_config(store, cfg.features)
     first_rows_s = None
     if len(todo):
         first_rows_s = _stream_to_store(todo, store, cfg, progress) - start

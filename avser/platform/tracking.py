@@ -293,13 +293,18 @@ def _artifact_path(artifact_dir: str | None, name: str) -> str:
     return f"{artifact_dir.strip('/')}/{name}" if artifact_dir else name
 
 
-def log_figure_file(run_id: str, path: str | Path, artifact_dir: str | None = "figures") -> str:
-    """Upload a saved figure (PNG, ...); returns its path inside the run's artifacts."""
+def log_artifact_file(run_id: str, path: str | Path, artifact_dir: str | None = None) -> str:
+    """Upload a saved file; returns its path inside the run's artifacts."""
     path = Path(path)
     if not path.is_file():
-        raise AvserError(f"figure {path} does not exist; save the figure before logging it")
+        raise AvserError(f"artifact {path} does not exist; save the file before logging it")
     client().log_artifact(run_id, str(path), artifact_path=artifact_dir)
     return _artifact_path(artifact_dir, path.name)
+
+
+def log_figure_file(run_id: str, path: str | Path, artifact_dir: str | None = "figures") -> str:
+    """Upload a saved figure (PNG, ...); returns its path inside the run's artifacts."""
+    return log_artifact_file(run_id, path, artifact_dir)
 
 
 def log_dict(

@@ -13,6 +13,7 @@ the checkpoint so the resumed run keeps logging into the same MLflow run.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -35,13 +36,17 @@ from avser import config as configlib
 from avser.batches import collate
 from avser.metrics import classification_report
 from avser.models.config import ModelConfig
-from avser.models.factory import build_model, forward_logits, racnn_input_config
+from avser import recipe
+from avser.features.augment import mixup
+from avser.features.config import AudioConfig
+from avser.models.factory import build_model, forward_logits, pretrain_logits, racnn_input_config
 from avser.platform.config import TrainConfig
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 BEST_FILE = "best_model.pt"
+EMA_FILE = "ema_model.pt"
 HYBRID_FILE = "hybrid_features.npz"
 # Marks the final report of a run that trained to its end. Not "done": Tune
 # sets that on the last result of every trial, early-stopped ones included.
@@ -53,7 +58,7 @@ class LoopState:
     """What a checkpoint carries besides weights."""
 
     epoch: int = 0  # next epoch to run
-    best_val_loss: float = float("inf")
+    best_score: float | None = None  # best value of optim.early_stop_metric so far
     best_epoch: int = -1
     stale_epochs: int = 0
     mlflow_run_id: str | None = None
@@ -75,6 +80,7 @@ class LoopContext:
     label_names: list[str]
     run_name: str
     tracking: dict[str, Any]  # experiment, parent_run_id, tags, register, uri
+    audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
 
     @classmethod
     def from_loop_config(cls, loop_config: dict[str, Any]) -> "LoopContext":
@@ -84,11 +90,17 @@ class LoopContext:
             label_names=list(loop_config["label_names"]),
             run_name=loop_config["run_name"],
             tracking=dict(loop_config["tracking"]),
+            audio_cfg=configlib.from_dict(AudioConfig, loop_config.get("audio")),
         )
 
     @property
     def with_visual(self) -> bool:
         return self.cfg.stage == "fusion"
+
+    @property
+    def n_classes(self) -> int:
+        racnn = self.model_cfg.racnn
+        return racnn.n_classes if self.cfg.stage == "pretrain" else self.model_cfg.n_classes
 
     @property
     def input_cfg(self):
@@ -108,33 +120,60 @@ def _batches(iterator, ctx: LoopContext, shuffle_seed: int | None = None):
                              ctx.model_cfg.keyframes, with_visual=ctx.with_visual)
 
 
-def _autocast(ctx: LoopContext, device: torch.device):
-    enabled = device.type == "cuda" and ctx.cfg.mixed_precision
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def _precision(ctx: LoopContext, device: torch.device) -> str:
+    return recipe.resolve_precision(ctx.cfg.mixed_precision, device)
 
 
 # ---------------------------------------------------------------- epochs
 
 
+def _augment_generator(ctx: LoopContext, epoch: int, rank: int) -> torch.Generator:
+    """Augmentation draws: a fixed function of (seed, epoch, rank)."""
+    return torch.Generator().manual_seed((ctx.cfg.seed * 1_000_003 + epoch) * 1009 + rank)
+
+
+def _training_logits(model, inputs, ctx: LoopContext, device, generator):
+    """Logits and soft targets of one training batch: augmented speech, and
+    mixup of the speech input for the pretraining stage."""
+    labels = inputs.labels.to(device)
+    augment = ctx.cfg.augment
+    alpha = ctx.cfg.optim.mixup_alpha
+    if ctx.cfg.stage == "pretrain" and alpha > 0:
+        speech = inputs.speech(device, ctx.input_cfg, augment, generator)
+        speech, targets = mixup(speech, labels, ctx.n_classes, alpha, generator)
+        logits, _ = pretrain_logits(model, speech)
+        return logits, targets
+    logits, _ = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.input_cfg, augment, generator)
+    return logits, F.one_hot(labels, logits.shape[-1]).float()
+
+
 def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: int,
-                    seen_ids: list[str] | None = None) -> dict[str, float]:
+                    seen_ids: list[str] | None = None,
+                    ema: recipe.WeightEMA | None = None, rank: int = 0) -> dict[str, float]:
+    """One pass over ``shard`` (anything with Ray's ``iter_batches``)."""
     model.train()
+    optim = ctx.cfg.optim
+    recipe.set_learning_rate(optimizer, recipe.learning_rate(optim, epoch))
+    generator = _augment_generator(ctx, epoch, rank)
+    precision = _precision(ctx, device)
     total_loss, correct, count = 0.0, 0, 0
     for raw, inputs in _batches(shard, ctx, shuffle_seed=ctx.cfg.seed + epoch):
         if seen_ids is not None:
             seen_ids.extend(str(c) for c in raw["clip_id"])
-        labels = inputs.labels.to(device)
-        with _autocast(ctx, device):
-            logits, _ = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.input_cfg)
-            loss = F.cross_entropy(logits.float(), labels)
+        with recipe.autocast(precision, device):
+            logits, targets = _training_logits(model, inputs, ctx, device, generator)
+        loss = recipe.soft_cross_entropy(logits, targets, optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(_unwrap(model))
         total_loss += loss.detach().item() * len(inputs)
-        correct += int((logits.argmax(1) == labels).sum())
+        correct += int((logits.argmax(1).cpu() == inputs.labels).sum())
         count += len(inputs)
-    return {"train_loss": total_loss / max(count, 1), "train_wa": correct / max(count, 1)}
+    return {"train_loss": total_loss / max(count, 1), "train_wa": correct / max(count, 1),
+            "lr": optimizer.param_groups[0]["lr"]}
 
 
 @torch.no_grad()
@@ -143,7 +182,7 @@ def predict(model, iterator, ctx: LoopContext, device) -> dict[str, np.ndarray]:
     model.eval()
     logits, labels, hybrids, ids = [], [], [], []
     for raw, inputs in _batches(iterator, ctx):
-        with _autocast(ctx, device):
+        with recipe.autocast(_precision(ctx, device), device):
             out, hybrid = forward_logits(model, ctx.cfg.stage, inputs, device, ctx.input_cfg)
         logits.append(out.float().cpu())
         hybrids.append(hybrid.float().cpu())
@@ -172,16 +211,20 @@ def evaluate(predictions: dict[str, np.ndarray], label_names: list[str], prefix:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model, optimizer, state: LoopState, best_state: dict | None, folder: str) -> Checkpoint:
+def save_checkpoint(model, optimizer, state: LoopState, best_state: dict | None, folder: str,
+                    ema: recipe.WeightEMA | None = None) -> Checkpoint:
     torch.save(_unwrap(model).state_dict(), os.path.join(folder, MODEL_FILE))
     torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER_FILE))
     if best_state is not None:
         torch.save(best_state, os.path.join(folder, BEST_FILE))
+    if ema is not None:
+        torch.save(ema.state, os.path.join(folder, EMA_FILE))
     Path(folder, STATE_FILE).write_text(json.dumps(asdict(state)))
     return Checkpoint.from_directory(folder)
 
 
-def restore_checkpoint(model, optimizer) -> tuple[LoopState, dict | None]:
+def restore_checkpoint(model, optimizer, ema: recipe.WeightEMA | None = None
+                       ) -> tuple[LoopState, dict | None]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return LoopState(), None
@@ -192,6 +235,9 @@ def restore_checkpoint(model, optimizer) -> tuple[LoopState, dict | None]:
             optimizer.load_state_dict(torch.load(optimizer_path, map_location="cpu"))
         best_path = os.path.join(folder, BEST_FILE)
         best = torch.load(best_path, map_location="cpu") if os.path.exists(best_path) else None
+        ema_path = os.path.join(folder, EMA_FILE)
+        if ema is not None and os.path.exists(ema_path):
+            ema.load_state(torch.load(ema_path, map_location="cpu"))
         state = LoopState(**json.loads(Path(folder, STATE_FILE).read_text()))
     return state, best
 
@@ -203,8 +249,12 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------- the loop
 
 
+def _world_rank() -> int:
+    return ray.train.get_context().get_world_rank()
+
+
 def _is_rank_zero() -> bool:
-    return ray.train.get_context().get_world_rank() == 0
+    return _world_rank() == 0
 
 
 def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
@@ -254,9 +304,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(ctx.cfg.torch_threads)
     device = ray.train.torch.get_device()
     model = build_model(ctx.cfg.stage, ctx.model_cfg, ctx.cfg.init)
-    optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.optim.lr,
-                                 weight_decay=ctx.cfg.optim.weight_decay)
-    state, best_state = restore_checkpoint(model, optimizer)
+    optimizer = recipe.make_optimizer(model, ctx.cfg.optim)
+    ema = recipe.WeightEMA(model, ctx.cfg.optim.ema_decay) if ctx.cfg.optim.ema_decay > 0 else None
+    state, best_state = restore_checkpoint(model, optimizer, ema)
     if state.final_metrics is not None:
         _report_finished(state)
         return
@@ -271,24 +321,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         epoch = state.epoch
         seen = [] if epoch == 0 else None
         started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen)
+        metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen, ema,
+                                  _world_rank())
         if seen is not None:
             _record_shard(ctx, seen)
         # Every rank scores the whole (unsplit) validation set, so every rank
         # takes the same early-stopping decision without a collective.
-        metrics.update(evaluate(predict(_unwrap(model), val_data, ctx, device), ctx.label_names, "val"))
+        scored = evaluation_model(model, ema)
+        metrics.update(evaluate(predict(scored, val_data, ctx, device), ctx.label_names, "val"))
         # The loop's own time (train + validation), to tell the platform's
         # overhead apart from the work (bench/tune.py).
         metrics["epoch_seconds"] = time.perf_counter() - started
-        state.epoch = epoch + 1
-        if metrics["val_loss"] < state.best_val_loss:
-            state.best_val_loss, state.best_epoch, state.stale_epochs = metrics["val_loss"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
-        else:
-            state.stale_epochs += 1
+        best_state = track_best(state, ctx.cfg.optim, metrics, scored, best_state, epoch)
         state.record(metrics)
         metrics["epoch"] = epoch
-        _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs)
+        _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs, ema)
 
     if not _is_rank_zero():
         ray.train.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
@@ -308,7 +355,31 @@ def _report_finished(state: LoopState) -> None:
                      checkpoint=ray.train.get_checkpoint())
 
 
-def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs: set[int]) -> None:
+def evaluation_model(model, ema: recipe.WeightEMA | None) -> torch.nn.Module:
+    """The weights that are scored and kept: the EMA's when there is one."""
+    model = _unwrap(model)
+    if ema is None:
+        return model
+    scored = copy.deepcopy(model)
+    scored.load_state_dict(ema.state)
+    return scored
+
+
+def track_best(state: LoopState, optim: recipe.OptimConfig, metrics: dict[str, float],
+               scored: torch.nn.Module, best_state: dict | None, epoch: int) -> dict | None:
+    """Advance ``state`` past ``epoch``; a better early-stopping metric keeps
+    ``scored``'s weights as the best ones (returned)."""
+    state.epoch = epoch + 1
+    value = metrics[optim.early_stop_metric]
+    if not recipe.is_better(optim.early_stop_metric, value, state.best_score):
+        state.stale_epochs += 1
+        return best_state
+    state.best_score, state.best_epoch, state.stale_epochs = value, epoch, 0
+    return {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
+
+
+def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs: set[int],
+                  ema: recipe.WeightEMA | None = None) -> None:
     if not _is_rank_zero():
         ray.train.report(metrics)
         return
@@ -318,7 +389,8 @@ def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epoc
           f"val loss {metrics['val_loss']:.3f}, val UA {metrics['val_ua']:.3f} "
           f"({metrics['epoch_seconds']:.1f} s)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        ray.train.report(metrics, checkpoint=save_checkpoint(model, optimizer, state, best_state, folder))
+        ray.train.report(metrics, checkpoint=save_checkpoint(model, optimizer, state, best_state,
+                                                             folder, ema))
 
 
 def _finish(ctx: LoopContext, model, best_state, state: LoopState, device, folder: str) -> dict[str, float]:
