@@ -118,7 +118,7 @@ def main() -> None:
         state = LoopState(**json.loads(saved["state"]))
     sizes = {k: len(v) for k, v in parts.items()}
     print(f"[{args.name}] {cfg.split.protocol}: {sizes}; input {model_cfg.racnn.input_size}, "
-          f"precision {recipe.resolve_precision(cfg.mixed_precision, device)}; from epoch {state.epoch}",
+          f"precision {recipe.resolve_precision(cfg.mixed_precision, device, model_cfg.racnn.input_size)}; from epoch {state.epoch}",
           flush=True)
     train, val = FrameBatches(parts["train"]), FrameBatches(parts["val"])
     while state.epoch < cfg.optim.max_epochs and state.stale_epochs < cfg.optim.patience:

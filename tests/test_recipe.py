@@ -66,7 +66,8 @@ def test_precision_resolution() -> None:
     assert recipe.resolve_precision("fp32", cpu) == "fp32"
     assert recipe.resolve_precision("bf16", cpu) == "bf16"
     expected = "bf16" if recipe.native_bf16_cpu() else "fp32"
-    assert recipe.resolve_precision("auto", cpu) == expected
+    assert recipe.resolve_precision("auto", cpu, input_size=224) == expected
+    assert recipe.resolve_precision("auto", cpu, input_size=64) == "fp32"  # small nets lose
     assert recipe.resolve_precision("auto", torch.device("cuda")) == "bf16"
     with pytest.raises(ConfigError, match="mixed_precision"):
         recipe.resolve_precision("fp16", cpu)

@@ -220,7 +220,8 @@ class AudioVisualSER(nn.Module):
             return None
         out = faces.new_zeros(*faces.shape[:2], self.appearance.out_features)
         if mask.any():
-            out[mask] = self.appearance(faces[mask])
+            # Under autocast the CNN answers in bf16; the zeros stay in the input's dtype.
+            out[mask] = self.appearance(faces[mask]).to(out.dtype)
         return out
 
     def _geometry(self, landmarks, mask, like) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -229,7 +230,8 @@ class AudioVisualSER(nn.Module):
         geometric = like.new_zeros(mask.shape[0], self.agrus.out_features)
         weights = like.new_zeros(mask.shape[0], len(self.agrus.regions))
         if mask.any():
-            geometric[mask], weights[mask] = self.agrus(landmarks[mask])
+            found, found_weights = self.agrus(landmarks[mask])
+            geometric[mask], weights[mask] = found.to(geometric.dtype), found_weights.to(weights.dtype)
         return geometric, weights
 
     def forward_features(

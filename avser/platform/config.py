@@ -9,7 +9,8 @@ from avser.data.splits import SplitConfig
 from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.heads import KLDAConfig
-from avser.recipe import OptimConfig
+from avser.errors import ConfigError
+from avser.recipe import PRECISIONS, OptimConfig
 
 __all__ = ["DataPrepConfig", "OptimConfig", "PreprocessConfig", "TrainConfig", "resolve_paths"]
 
@@ -62,6 +63,11 @@ class TrainConfig:
     run_name: str | None = None
     register_as: str | None = None  # registered model name; None -> by stage
     fold: int | None = None  # run a single fold of a k-fold protocol
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of "
+                              f"{list(PRECISIONS)}")
 
 
 @dataclass

@@ -121,7 +121,7 @@ def _batches(iterator, ctx: LoopContext, shuffle_seed: int | None = None):
 
 
 def _precision(ctx: LoopContext, device: torch.device) -> str:
-    return recipe.resolve_precision(ctx.cfg.mixed_precision, device)
+    return recipe.resolve_precision(ctx.cfg.mixed_precision, device, ctx.model_cfg.racnn.input_size)
 
 
 # ---------------------------------------------------------------- epochs
