@@ -22,18 +22,98 @@ from avser.errors import ConfigError
 T = TypeVar("T")
 
 
-def _resolve_type(tp: Any) -> Any:
-    """Strip ``Optional[...]``/``X | None`` to the inner type."""
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (tp, False)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
-    return tp
+            return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _resolve_type(tp: Any) -> Any:
+    """Strip ``Optional[...]``/``X | None`` to the inner type."""
+    return _optional_inner(tp)[0]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _bad(key: str, value: Any, tp: Any, hint: str = "") -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not a valid {_type_name(tp)}{hint}")
+
+
+def _number(value: Any, tp: type, key: str) -> int | float:
+    """int/float from a number or a numeric string (YAML reads ``3e-4`` as a string)."""
+    if isinstance(value, bool):
+        raise _bad(key, value, tp)
+    if isinstance(value, str):
+        try:
+            value = float(value) if tp is float else int(value)
+        except ValueError:
+            raise _bad(key, value, tp) from None
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise _bad(key, value, tp)
+        return value
+    if not isinstance(value, (int, float)):
+        raise _bad(key, value, tp)
+    return float(value)
+
+
+def convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (the dataclass field's hint), or a ConfigError naming ``key``."""
+    inner, optional = _optional_inner(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"{key} must not be null (it is a {_type_name(inner)})")
+    tp, origin = inner, typing.get_origin(inner)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _bad(key, value, tp, " section (a mapping)")
+        return from_dict(tp, value, key)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}={value!r}; choose one of {list(typing.get_args(tp))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(key, value, tp, " (true or false)")
+        return value
+    if tp in (int, float):
+        return _number(value, tp, key)
+    if tp is str:
+        if isinstance(value, (dict, list, bool)):
+            raise _bad(key, value, tp)
+        return str(value)  # YAML reads speaker 1001 or a run name 7 as numbers
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _bad(key, value, tp, " (a list)")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}={value!r} must hold {len(args)} values")
+            return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, value, tp, " (a mapping)")
+        return value
+    return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) mapping; unknown keys are errors."""
+    """Build dataclass ``cls`` from a (nested) mapping: unknown keys are
+    errors, and every value is converted to its field's type (or refused)."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -43,14 +123,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             f"unknown key(s) {unknown} in {where or cls.__name__}; "
             f"valid keys are {sorted(names)}"
         )
-    kwargs = {}
-    for name, value in data.items():
-        tp = _resolve_type(hints[name])
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}" if where else name)
-        elif typing.get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
+    kwargs = {name: convert(value, hints[name], f"{where}.{name}" if where else name)
+              for name, value in data.items()}
     return cls(**kwargs)
 
 

@@ -154,25 +154,37 @@ def plot_confusion(cm, label_names: Sequence[str], path: str | Path, title: str 
     return _save(figure, path)
 
 
-def _is_loss(name: str) -> bool:
-    return "loss" in name.lower()
+# Panels of the training curves: which series each takes, in order; a
+# series no panel claims goes to "score".
+CURVE_PANELS = (
+    ("loss", lambda name: "loss" in name.lower()),
+    ("seconds per epoch", lambda name: name.endswith("_seconds")),
+    ("learning rate", lambda name: name == "lr"),
+    ("score", lambda name: True),
+)
+
+
+def _curve_panels(series: Mapping[str, list[float]]) -> list[tuple[str, dict[str, list[float]]]]:
+    panels: dict[str, dict[str, list[float]]] = {}
+    for name, values in series.items():
+        label = next(label for label, claims in CURVE_PANELS if claims(name))
+        panels.setdefault(label, {})[name] = values
+    order = ("loss", "score", "seconds per epoch", "learning rate")
+    return [(label, panels[label]) for label in order if label in panels]
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
-    """PNG of training curves: one panel for losses, one for accuracy-like series.
+    """PNG of training curves, each kind of series on its own axes: losses,
+    scores (WA, UA, F1, ...; 0 to 1), seconds per epoch, learning rate (log).
 
-    ``history`` maps a series name (``train_loss``, ``val_ua``, ...) to one
-    value per epoch; names containing "loss" go to the loss panel, the rest
-    (WA, UA, F1, ...) to the score panel. A panel with no series is omitted.
+    ``history`` maps a series name (``train_loss``, ``val_ua``, ``lr``,
+    ``epoch_seconds``, ...) to one value per epoch. A panel with no series is
+    omitted.
     """
     series = {name: list(values) for name, values in history.items() if len(values)}
     if not series:
         raise ValueError("history has no values to plot: every series is empty")
-    panels = [
-        (label, {name: values for name, values in series.items() if _is_loss(name) == is_loss})
-        for label, is_loss in (("loss", True), ("score", False))
-    ]
-    panels = [(label, group) for label, group in panels if group]
+    panels = _curve_panels(series)
     width, height = CURVES_PANEL_INCHES
     figure = Figure(figsize=(width * len(panels), height), layout="constrained")
     for axes, (label, group) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
@@ -182,6 +194,10 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path, title:
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(label)
+        if label == "score":
+            axes.set_ylim(0.0, 1.0)
+        elif label == "learning rate":
+            axes.set_yscale("log")
         axes.grid(alpha=GRID_ALPHA)
         axes.legend()
     figure.suptitle(title)

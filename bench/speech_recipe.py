@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -99,6 +101,7 @@ def main() -> None:
         print(f"[{args.name}] finished: {(out / 'result.json').read_text()}")
         return
     out.mkdir(parents=True, exist_ok=True)
+    (out / "command.txt").write_text(" ".join(["python", *map(shlex.quote, sys.argv)]) + "\n")
     configlib.save(cfg, out / "train.yaml")
     configlib.save(model_cfg, out / "model.yaml")
     device = torch.device("cpu")

@@ -124,3 +124,16 @@ def test_plot_curves_writes_png(tmp_path):
 def test_plot_curves_refuses_empty_history(tmp_path):
     with pytest.raises(ValueError, match="no values"):
         plot_curves({"train_loss": []}, tmp_path / "curves.png", "empty")
+
+
+def test_curves_put_each_kind_of_series_on_its_own_axes():
+    from avser.metrics import _curve_panels
+
+    history = {"train_loss": [2.0, 1.5], "val_ua": [0.2, 0.4], "lr": [1e-3, 5e-4],
+               "epoch_seconds": [12.0, 11.0], "val_loss": [2.1, 1.9]}
+    panels = dict(_curve_panels(history))
+    assert list(panels) == ["loss", "score", "seconds per epoch", "learning rate"]
+    assert set(panels["loss"]) == {"train_loss", "val_loss"}
+    assert set(panels["score"]) == {"val_ua"}
+    assert set(panels["seconds per epoch"]) == {"epoch_seconds"}
+    assert set(panels["learning rate"]) == {"lr"}

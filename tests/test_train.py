@@ -37,8 +37,10 @@ import pytest
 import torch
 
 import avser.platform  # noqa: F401  (keeps a local Ray on loopback; before ray is imported)
+from avser import cli
 from avser import config as configlib
 from avser.batches import collate
+from avser.data.manifest import read_manifest
 from avser.data import store as feature_store
 from avser.data.splits import make_splits
 from avser.models.factory import build_model, racnn_input_config
@@ -388,6 +390,34 @@ def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, wo
     scratch = build_model("fusion", model_cfg).racnn.state_dict()
     assert any(not torch.equal(v, pretrained[f"racnn.{k}"]) for k, v in scratch.items()), \
         "a scratch RACNN should differ from the pretrained one"
+
+
+def test_pretrain_with_every_recipe_element_and_predict_from_the_registry(
+        ray_local, store, workdir, capsys):
+    """Augmentation, mixup, EMA, AdamW + warm-up/cosine, label smoothing,
+    early stopping on val UA, the Bi-GRU head and the overlapping Conv1, all
+    at once inside Ray Train; the registered version predicts a file."""
+    speech_store = speech_only_copy(store, workdir / "store-speech-recipe")
+    cfg = train_config(workdir / "ray", "recipe", "stage=pretrain", "optim.max_epochs=2",
+                       "augment.enabled=true", "optim.mixup_alpha=0.4", "optim.ema_decay=0.9",
+                       "optim.optimizer=adamw", "optim.weight_decay=0.01",
+                       "optim.schedule=cosine", "optim.warmup_epochs=1",
+                       "optim.label_smoothing=0.1", "optim.early_stop_metric=val_ua",
+                       "model_overrides=[racnn.head=bigru,racnn.conv1=overlap5]",
+                       "register_as=avser-racnn-recipe")
+    (fold,) = run_training(cfg, speech_store).folds
+    run_id = tracking.find_run(EXPERIMENT, fold.run_name)
+    rates = [m.value for m in metric_history(run_id, "lr")]
+    assert len(rates) == 2 and rates[0] < rates[1]  # warm-up
+    pretrained = torch.load(Path(fold.checkpoint_path) / "model.pt", map_location="cpu")
+    assert any(key.startswith("speech_head.gru.") for key in pretrained)
+
+    clip = feature_store.read_store(speech_store, ["clip_id"])["clip_id"].iloc[0]
+    row = read_manifest(workdir / "synthetic.parquet").set_index("clip_id").loc[clip]
+    audio = row["audio_path"] or row["video_path"]
+    assert cli.main(["predict", str(audio), "--model", "avser-racnn-recipe@candidate", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["label"] in label_names_of(load_store_meta(store))
 
 
 def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, tmp_path):
