@@ -14,7 +14,7 @@ import numpy as np
 
 from avser.errors import BackendUnavailableError
 from avser.features.config import LandmarkConfig
-from avser.features.landmarks import FramesLike, LandmarkTrack
+from avser.features.landmark_track import FramesLike, LandmarkTrack
 
 # Eyes and nose hardly move with expression or speech (jaw, mouth and brows
 # do), so they anchor the box a followed face is searched in.

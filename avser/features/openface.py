@@ -18,7 +18,7 @@ import pandas as pd
 
 from avser.errors import BackendUnavailableError, MissingFileError, UnreadableMediaError
 from avser.features.config import LandmarkConfig
-from avser.features.landmarks import N_LANDMARKS, FramesLike, LandmarkTrack
+from avser.features.landmark_track import N_LANDMARKS, FramesLike, LandmarkTrack
 
 _INSTALL_OPENFACE = (
     "install OpenFace 2.0 (https://github.com/TadasBaltrusaitis/OpenFace/wiki) so that "

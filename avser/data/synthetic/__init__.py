@@ -25,14 +25,14 @@ from tqdm import tqdm
 
 from avser.config import config_hash, to_dict
 from avser.data.manifest import Clip, ScanProblem, ScanResult
-from avser.data.synthetic_drawing import render_frames
-from avser.data.synthetic_face import (
+from avser.data.synthetic.drawing import render_frames
+from avser.data.synthetic.face import (
     EXPRESSION_KEYS,
     FaceSynthConfig,
     face_track,
     sample_face_identity,
 )
-from avser.data.synthetic_voice import (
+from avser.data.synthetic.voice import (
     PROSODY_KEYS,
     VoiceSynthConfig,
     plan_syllables,

@@ -6,7 +6,7 @@ the speaker's proportions, deformed by seven action-unit-like expression
 parameters that follow an onset-apex-offset course, opened by speech
 articulation and blinks, turned by a wandering head pose, and projected into
 the frame. The projected points are the ground-truth landmarks; the drawing
-(:mod:`avser.data.synthetic_drawing`) is made from exactly those points.
+(:mod:`avser.data.synthetic.drawing`) is made from exactly those points.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from avser.data.synthetic_drawing import FaceLook
+from avser.data.synthetic.look import FaceLook
 
 EXPRESSION_KEYS = (
     "brow_raise",  # whole brows up (+) or down (-)
