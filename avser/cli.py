@@ -106,10 +106,10 @@ def _cmd_models_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from avser.platform import tracking
+    from avser.platform import registry, tracking
 
-    version = args.version or tracking.client().get_model_version_by_alias(args.name, args.source).version
-    tracking.set_alias(args.name, args.alias, version)
+    version = registry.model_version(args.name, args.version or args.source).version
+    registry.set_alias(args.name, args.alias, version)
     print(f"{args.name} version {version} now has alias {args.alias} ({tracking.tracking_uri()})")
     return 0
 

@@ -169,14 +169,22 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
 
 
 def set_dotted(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.sub=value`` (the value read as YAML, then typed on load)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key.sub=value")
     key, raw = assignment.split("=", 1)
+    set_value(data, key.strip(), yaml.safe_load(raw))
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in a nested mapping to ``value`` as it is."""
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(raw)
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+    node[parts[-1]] = value
 
 
 def save(cfg: Any, path: str | Path) -> None:

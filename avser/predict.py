@@ -1,12 +1,7 @@
 """A file in, class probabilities out: ``avser predict`` and ``avser evaluate``.
 
-A trained model travels as a *bundle*: one ``torch.save`` file of plain
-values (no pickled classes) holding the state dict, the model config, the
-audio feature config and RACNN input settings it was trained with, and the
-label names. :func:`load_bundle` reads it with ``weights_only=True``, so
-loading runs no code. The shipped speech model (``avser/pretrained``) is
-such a file; a training run writes one beside its checkpoint and registers
-it with its model version.
+A trained model travels as a bundle (:mod:`avser.bundle`): plain values,
+loaded without running code.
 
 One path from a file to probabilities serves both commands: load the audio
 (wav/flac/mp3, or a video's sound track), the stored log-mel features with
@@ -17,92 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from avser import config as configlib
+from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle
 from avser.errors import AvserError, ClipError
 from avser.features.audio import load_audio, logmel
-from avser.features.config import AudioConfig, RacnnInputConfig
-from avser.models.config import ModelConfig
-from avser.models.factory import build_model, racnn_input_config
-
-BUNDLE_FORMAT = "avser-bundle/1"
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-DEFAULT_WEIGHTS = PRETRAINED_DIR / "racnn-ravdess-a01-16.pt"
+from avser.models.factory import SPEECH
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
-STAGE_OF_KIND = {"speech": "pretrain", "audiovisual": "fusion"}
 # Clips per forward pass in ``evaluate``.
 EVAL_BATCH = 16
-
-
-@dataclass
-class ModelBundle:
-    """A trained network with what it needs to read new files."""
-
-    kind: str  # speech (RACNN + speech head) | audiovisual (the fusion model)
-    model_cfg: ModelConfig
-    audio_cfg: AudioConfig
-    segment_overlap: float
-    label_names: list[str]
-    state_dict: dict[str, torch.Tensor]
-    card: dict[str, Any]
-
-    @property
-    def input_cfg(self) -> RacnnInputConfig:
-        return racnn_input_config(self.model_cfg, self.segment_overlap)
-
-    def network(self) -> torch.nn.Module:
-        net = build_model(STAGE_OF_KIND[self.kind], self.model_cfg)
-        net.load_state_dict(self.state_dict)
-        return net.eval()
-
-
-def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "format": BUNDLE_FORMAT,
-        "kind": bundle.kind,
-        "model_config": configlib.to_dict(bundle.model_cfg),
-        "audio_config": configlib.to_dict(bundle.audio_cfg),
-        "segment_overlap": float(bundle.segment_overlap),
-        "label_names": list(bundle.label_names),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
-        "card": bundle.card,
-    }, path)
-    return path
-
-
-def load_bundle(path: str | Path) -> ModelBundle:
-    """Read a bundle without running code; errors name the file and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise AvserError(f"no model file at {path}; give --weights a bundle written by avser "
-                         f"(the shipped one is {DEFAULT_WEIGHTS})")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends, by torch version
-        raise AvserError(f"{path} is not a plain-data avser bundle ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0]}); avser loads no pickled code. Re-export "
-                         "the model with avser.predict.save_bundle") from exc
-    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
-        raise AvserError(f"{path} is not an {BUNDLE_FORMAT} file (a bare state dict or an older "
-                         "format?); re-export it with avser.predict.save_bundle")
-    if raw["kind"] not in STAGE_OF_KIND:
-        raise AvserError(f"{path}: unknown model kind {raw['kind']!r}")
-    return ModelBundle(
-        kind=raw["kind"],
-        model_cfg=configlib.from_dict(ModelConfig, raw["model_config"], f"{path}:model_config"),
-        audio_cfg=configlib.from_dict(AudioConfig, raw["audio_config"], f"{path}:audio_config"),
-        segment_overlap=float(raw["segment_overlap"]),
-        label_names=list(raw["label_names"]),
-        state_dict=raw["state_dict"],
-        card=dict(raw.get("card") or {}),
-    )
 
 
 def resolve_bundle(weights: str | None = None, model: str | None = None) -> ModelBundle:
@@ -110,7 +32,7 @@ def resolve_bundle(weights: str | None = None, model: str | None = None) -> Mode
     if weights and model:
         raise AvserError("give --weights or --model, not both")
     if model:
-        from avser.platform.bundles import download_registered_bundle  # needs MLflow
+        from avser.platform.registry import download_registered_bundle  # needs MLflow
 
         return load_bundle(download_registered_bundle(model))
     return load_bundle(weights or DEFAULT_WEIGHTS)
@@ -137,7 +59,7 @@ def file_logmel(path: str | Path, bundle: ModelBundle) -> np.ndarray:
 
 def _note_for(path: Path, bundle: ModelBundle) -> str:
     is_video = path.suffix.lower() in VIDEO_SUFFIXES
-    if bundle.kind == "speech":
+    if bundle.kind == SPEECH:
         return "speech model: the video's sound track only" if is_video else ""
     if not bundle.model_cfg.fusion.uses_speech:
         raise ClipError(path, "this model reads video only (fusion variant 'vision')",
@@ -152,7 +74,7 @@ def probabilities(net: torch.nn.Module, logmels: Sequence[np.ndarray], bundle: M
 
     speech = racnn_input([torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in logmels],
                          bundle.input_cfg)
-    if bundle.kind == "speech":
+    if bundle.kind == SPEECH:
         logits = net(speech)
     else:
         n = len(logmels)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from avser.predict import DEFAULT_WEIGHTS, load_bundle, save_bundle
+from avser.bundle import DEFAULT_WEIGHTS, load_bundle, save_bundle
 
 LICENCE = ("CC BY-NC-SA 4.0: trained on RAVDESS (Livingstone & Russo 2018, "
            "https://zenodo.org/record/1188976), whose licence is CC BY-NC-SA 4.0; these "

@@ -52,13 +52,12 @@ def parse_args() -> argparse.Namespace:
 def build(args: argparse.Namespace):
     from avser.config import load_model_config
     from avser.platform.jobs import training_config
-    from avser.platform.train import LoopContext
 
     args.folds = args.num_workers = args.run_name = None
     args.use_gpu = False
     cfg = training_config(args, extra=["stage=pretrain"])
     model_cfg = load_model_config(cfg.model_config, list(cfg.model_overrides) + args.model_set)
-    return cfg, model_cfg, LoopContext
+    return cfg, model_cfg
 
 
 def split_frames(store: str, cfg, ship: bool = False):
@@ -66,7 +65,8 @@ def split_frames(store: str, cfg, ship: bool = False):
 
     from avser.data.splits import make_splits, validation_split
     from avser.data.store import read_ok_rows
-    from avser.platform.experiments import SPEECH_COLUMNS, label_names_of
+    from avser.platform.experiments import label_names_of
+    from avser.platform.stages import SPEECH_COLUMNS
 
     frame = read_ok_rows(store, [*SPEECH_COLUMNS, "speaker", "label_name"])
     if ship:
@@ -88,14 +88,18 @@ def main() -> None:
     from avser import recipe
     from avser.batches import FrameBatches
     from avser.metrics import classification_report
-    from avser.models.factory import build_model
-    from avser.platform.train import (LoopState, evaluate, evaluation_model, predict,
-                                      track_best, train_one_epoch)
+    from avser.models.factory import SPEECH, build_network
+    from avser.platform.checkpoint import LoopState
+    from avser.platform.epochs import LoopContext
+    from avser.platform.runs import TrackingInfo
+    from avser.platform.epochs import (evaluate, evaluation_model, predict, track_best,
+                                       train_one_epoch)
 
-    cfg, model_cfg, LoopContext = build(args)
+    cfg, model_cfg = build(args)
     parts, labels = split_frames(args.store, cfg, args.ship)
     model_cfg.racnn.n_classes = len(labels)
-    ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name, tracking={})
+    ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
+                      tracking=TrackingInfo(experiment="none", uri="none", register=False))
     out = Path(args.out, args.name)
     if (out / "result.json").exists():
         print(f"[{args.name}] finished: {(out / 'result.json').read_text()}")
@@ -106,7 +110,7 @@ def main() -> None:
     configlib.save(model_cfg, out / "model.yaml")
     device = torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    model = build_model("pretrain", model_cfg)
+    model = build_network(SPEECH, model_cfg)
     optimizer = recipe.make_optimizer(model, cfg.optim)
     ema = recipe.WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     state, best = LoopState(), None
@@ -151,7 +155,7 @@ def finish(out, model, best, state, ctx, parts, labels, device, predict, evaluat
     from avser.batches import FrameBatches
     from avser.data.store import load_feature_config
     from avser.metrics import plot_confusion, plot_curves
-    from avser.predict import ModelBundle, save_bundle
+    from avser.bundle import ModelBundle, save_bundle
 
     model.load_state_dict(best)
     result = {"best_epoch": state.best_epoch, "epochs": state.epoch,

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -45,13 +44,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, both sides")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="autocast: auto is bf16 on a GPU or a CPU with native bf16")
     return parser.parse_args()
 
 
 def load_rows(store: str, clips: int) -> pd.DataFrame:
     from avser.data.store import read_ok_rows
     from avser.errors import AvserError
-    from avser.platform.experiments import SPEECH_COLUMNS
+    from avser.platform.stages import SPEECH_COLUMNS
 
     if not Path(store).is_dir():
         raise AvserError(
@@ -65,22 +66,25 @@ def load_rows(store: str, clips: int) -> pd.DataFrame:
 def loop_context(args: argparse.Namespace, n_classes: int):
     from avser.config import load_model_config
     from avser.platform.config import OptimConfig, TrainConfig
-    from avser.platform.train import LoopContext
+    from avser.platform.epochs import LoopContext
+    from avser.platform.runs import TrackingInfo
 
     model_cfg = load_model_config(args.model_config)
     cfg = TrainConfig(stage="pretrain", model_config=args.model_config,
-                      optim=OptimConfig(batch_size=args.batch), use_gpu=args.device == "cuda")
+                      optim=OptimConfig(batch_size=args.batch), use_gpu=args.device == "cuda",
+                      mixed_precision=args.precision)
     return LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=[str(i) for i in range(n_classes)],
-                       run_name="bench-train", tracking={})
+                       run_name="bench-train",
+                       tracking=TrackingInfo(experiment="none", uri="none", register=False))
 
 
 def run_epochs(ctx, shard, device: torch.device, epochs: int) -> list[float]:
     """Seconds of each epoch of ``train_one_epoch`` on a fresh model."""
-    from avser.models.factory import build_model
-    from avser.platform.train import train_one_epoch
+    from avser.models.factory import SPEECH, build_network
+    from avser.platform.epochs import train_one_epoch
 
     torch.manual_seed(0)
-    model = build_model("pretrain", ctx.model_cfg, "scratch").to(device)
+    model = build_network(SPEECH, ctx.model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=ctx.cfg.optim.lr)
     seconds = []
     for epoch in range(epochs):
@@ -148,7 +152,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"\n{args.model_config} speech network, {n} clips from {args.store}, batch {args.batch}, "
           f"{args.epochs} epochs (first = warm-up), {device}, {args.threads} torch threads, "
-          f"bf16 {'on' if args.device == 'cuda' else 'off'}; load average before {load_before:.2f}, "
+          f"precision {ctx.precision(torch.device(args.device))}; load average before {load_before:.2f}, "
           f"after {os.getloadavg()[0]:.2f}\n")
     print("| side | epoch seconds | samples/s (steady) |")
     print("| --- | --- | ---: |")

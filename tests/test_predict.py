@@ -14,9 +14,9 @@ from avser import cli
 from avser.config import load_model_config
 from avser.errors import AvserError
 from avser.features.config import AudioConfig
-from avser.models.factory import build_model
-from avser.predict import (DEFAULT_WEIGHTS, ModelBundle, load_bundle, predict_files, probabilities,
-                           save_bundle)
+from avser.models.factory import build_network
+from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle, save_bundle
+from avser.predict import predict_files, probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -27,7 +27,7 @@ def tiny_bundle(kind: str = "speech", variant: str = "full", labels=LABELS) -> M
                                   [f"n_classes={len(labels)}", f"racnn.n_classes={len(labels)}",
                                    f"fusion.variant={variant}"])
     torch.manual_seed(0)
-    net = build_model("pretrain" if kind == "speech" else "fusion", model_cfg)
+    net = build_network(kind, model_cfg)
     return ModelBundle(kind, model_cfg, AudioConfig(), 0.5, list(labels), net.state_dict(),
                        {"note": "test"})
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from avser.platform import tracking
+from avser.platform import registry, runs, tracking
 
 EXPERIMENT = "avser-test"
 N_CLASSES = 4
@@ -87,7 +87,7 @@ def _torch_logits(model: nn.Module, example: dict[str, np.ndarray]) -> np.ndarra
     model.eval()
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(v) for k, v in example.items()})
-    return tracking.logits_of(out).numpy()
+    return registry.logits_of(out).numpy()
 
 
 def _png(path: Path) -> Path:
@@ -211,17 +211,17 @@ def test_two_input_model_round_trips_through_the_registry(store, inputs):
     expected = _torch_logits(model, inputs)
     model.train()  # logged in eval mode all the same (dropout off)
     run_id = tracking.start_run(EXPERIMENT, "fusion", "fusion")
-    uri = tracking.log_torch_model(run_id, model, inputs)
+    uri = registry.log_torch_model(run_id, model, inputs)
     assert model.training  # the caller's module keeps its mode
 
-    version = tracking.register_model(uri, "avser-test", tags={"protocol": "random"})
-    loaded = tracking.load_registered("avser-test", "candidate")
+    version = registry.register_model(uri, "avser-test", tags={"protocol": "random"})
+    loaded = registry.load_registered("avser-test", "candidate")
     assert loaded.metadata.get_input_schema().input_names() == ["speech", "landmarks"]
     predicted = loaded.predict(inputs)
     assert predicted.shape == (BATCH, N_CLASSES)
     assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
 
-    module = tracking.load_torch_model(tracking.registered_model_uri("avser-test", version))
+    module = registry.load_torch_model(registry.registered_model_uri("avser-test", version))
     assert np.allclose(_torch_logits(module, inputs), expected, rtol=0, atol=1e-6)
     registered = tracking.client().get_model_version("avser-test", str(version))
     assert registered.tags["protocol"] == "random"
@@ -234,11 +234,11 @@ def test_single_input_model_and_alias_promotion(store, inputs):
     speech = {"speech": inputs["speech"]}
     expected = _torch_logits(model, speech)
     run_id = tracking.start_run(EXPERIMENT, "racnn", "racnn")
-    first_uri = tracking.log_torch_model(run_id, model, speech)
-    first = tracking.register_model(first_uri, "avser-racnn-test")
-    second_uri = tracking.log_torch_model(run_id, model, speech)
-    second = tracking.register_model(second_uri, "avser-racnn-test")
-    tracking.set_alias("avser-racnn-test", "champion", first)
+    first_uri = registry.log_torch_model(run_id, model, speech)
+    first = registry.register_model(first_uri, "avser-racnn-test")
+    second_uri = registry.log_torch_model(run_id, model, speech)
+    second = registry.register_model(second_uri, "avser-racnn-test")
+    registry.set_alias("avser-racnn-test", "champion", first)
 
     assert second == first + 1
     aliases = tracking.client().get_registered_model("avser-racnn-test").aliases
@@ -247,7 +247,7 @@ def test_single_input_model_and_alias_promotion(store, inputs):
         "champion": first,
     }
     for alias in ("champion", "candidate", first):
-        predicted = tracking.load_registered("avser-racnn-test", alias).predict(speech)
+        predicted = registry.load_registered("avser-racnn-test", alias).predict(speech)
         assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
     # the logged model is filed under the run's experiment, not MLflow's Default
     logged = tracking.client().get_logged_model(first_uri.removeprefix("models:/"))
@@ -257,8 +257,8 @@ def test_single_input_model_and_alias_promotion(store, inputs):
 
 def test_missing_model_input_is_named(store, inputs):
     run_id = tracking.start_run(EXPERIMENT, "fusion-missing", "fusion-missing")
-    uri = tracking.log_torch_model(run_id, SpeechAndLandmarks(), inputs)
-    wrapper = tracking.load_model(uri).unwrap_python_model()
+    uri = registry.log_torch_model(run_id, SpeechAndLandmarks(), inputs)
+    wrapper = registry.load_model(uri).unwrap_python_model()
     with pytest.raises(tracking.AvserError, match="landmarks"):
         wrapper.predict(None, {"speech": inputs["speech"]})
 
@@ -268,8 +268,8 @@ def test_git_commit(tmp_path):
         ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
     )
     if head.returncode == 0:
-        assert tracking.git_commit() == head.stdout.strip()
-    assert tracking.git_commit(tmp_path) == "unknown"
+        assert runs.git_commit() == head.stdout.strip()
+    assert runs.git_commit(tmp_path) == "unknown"
 
 
 def test_data_hash_follows_path_size_and_mtime(tmp_path):
@@ -277,16 +277,16 @@ def test_data_hash_follows_path_size_and_mtime(tmp_path):
     audio.write_bytes(b"RIFF")
     other = tmp_path / "b.wav"
     other.write_bytes(b"RIFF")
-    first = tracking.data_hash([audio, other])
-    assert tracking.data_hash([other, audio]) == first  # order does not matter
-    assert tracking.data_hash(tmp_path) == first  # a folder hashes its files
+    first = runs.data_hash([audio, other])
+    assert runs.data_hash([other, audio]) == first  # order does not matter
+    assert runs.data_hash(tmp_path) == first  # a folder hashes its files
     os.utime(audio, ns=(1_000_000_000, 1_000_000_000))
-    assert tracking.data_hash([audio, other]) != first
-    changed = tracking.data_hash([audio, other])
+    assert runs.data_hash([audio, other]) != first
+    changed = runs.data_hash([audio, other])
     audio.write_bytes(b"RIFF....")
     os.utime(audio, ns=(1_000_000_000, 1_000_000_000))
-    assert tracking.data_hash([audio, other]) != changed
-    assert tracking.data_hash(tmp_path / "missing.wav") != tracking.data_hash(audio)
+    assert runs.data_hash([audio, other]) != changed
+    assert runs.data_hash(tmp_path / "missing.wav") != runs.data_hash(audio)
 
 
 def test_data_hash_of_a_manifest(tmp_path):
@@ -301,18 +301,18 @@ def test_data_hash_of_a_manifest(tmp_path):
             "video_path": [None, None],
         }
     )
-    first = tracking.data_hash(manifest)
-    assert tracking.data_hash(manifest.iloc[::-1]) == first  # row order does not matter
+    first = runs.data_hash(manifest)
+    assert runs.data_hash(manifest.iloc[::-1]) == first  # row order does not matter
     relabelled = manifest.assign(label=[1, 1])
-    assert tracking.data_hash(relabelled) != first
+    assert runs.data_hash(relabelled) != first
     audio.write_bytes(b"RIFF more")
-    assert tracking.data_hash(manifest) != first
+    assert runs.data_hash(manifest) != first
 
 
 def test_standard_tags():
-    tags = tracking.standard_tags("speaker", "ravdess", "abc123", {"config_hash": 42})
+    tags = runs.standard_tags("speaker", "ravdess", "abc123", {"config_hash": 42})
     assert tags["avser.protocol"] == "speaker"
     assert tags["avser.corpus"] == "ravdess"
     assert tags["avser.data_hash"] == "abc123"
     assert tags["config_hash"] == "42"
-    assert tags["mlflow.source.git.commit"] == tracking.git_commit()
+    assert tags["mlflow.source.git.commit"] == runs.git_commit()

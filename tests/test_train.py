@@ -43,9 +43,11 @@ from avser.batches import collate
 from avser.data.manifest import read_manifest
 from avser.data import store as feature_store
 from avser.data.splits import make_splits
-from avser.models.factory import build_model, racnn_input_config
+from avser.models.factory import racnn_input_config
 from avser.models.fusion import AudioVisualSER
-from avser.platform import tracking
+from avser.platform import registry, tracking
+from avser.platform.runs import TrackingInfo
+from avser.platform.stages import build_stage_model
 from avser.platform.config import DataPrepConfig, TrainConfig, resolve_paths
 from avser.platform.experiments import (
     ExperimentResult,
@@ -278,7 +280,7 @@ def test_training_batches_mix_labels_of_a_label_sorted_store(store, workdir):
     each training clip once, in an order that mixes the labels, and a new
     order each epoch (the split is shuffled once, globally, then per epoch
     over optim.shuffle_buffer rows)."""
-    from avser.platform.train import LoopContext, _batches
+    from avser.platform.epochs import LoopContext, _batches
 
     sorted_store = label_sorted_copy(store, workdir / "sorted-store")
     cfg = train_config(workdir / "ray", "order")
@@ -287,7 +289,8 @@ def test_training_batches_mix_labels_of_a_label_sorted_store(store, workdir):
     assert same_label_neighbours(in_store_order) > 0.9, "the copy should be label-sorted"
 
     train = datasets_for(sorted_store, meta, split, cfg)["train"]
-    ctx = LoopContext(cfg, model_cfg_of(sorted_store, cfg), label_names_of(meta), "order", {})
+    ctx = LoopContext(cfg, model_cfg_of(sorted_store, cfg), label_names_of(meta), "order",
+                      TrackingInfo(experiment=EXPERIMENT, uri="unused"))
     epochs = [[int(label) for raw, _ in _batches(train, ctx, shuffle_seed=epoch) for label in raw["label"]]
               for epoch in (0, 1)]
     assert sorted(epochs[0]) == sorted(in_store_order), "an epoch sees every training clip once"
@@ -339,10 +342,10 @@ def test_mlflow_holds_params_metrics_figures_and_candidate(ddp_fusion_run, store
     with torch.no_grad():
         expected = network(**kwargs)[0].numpy()
 
-    registered = tracking.load_registered("avser", "candidate")
+    registered = registry.load_registered("avser", "candidate")
     logits = registered.predict({name: tensor.numpy() for name, tensor in kwargs.items()})
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
-    module = tracking.load_torch_model(tracking.registered_model_uri("avser", "candidate"))
+    module = registry.load_torch_model(registry.registered_model_uri("avser", "candidate"))
     with torch.no_grad():
         np.testing.assert_allclose(module(**kwargs)[0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
@@ -382,12 +385,12 @@ def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, wo
 
     model_cfg = model_cfg_of(store, fusion_cfg)
     for init in (fusion_cfg.init, "registry:avser-racnn@candidate"):
-        fusion = build_model("fusion", model_cfg, init)
+        fusion = build_stage_model("fusion", model_cfg, init)
         racnn = fusion.racnn.state_dict()
         assert racnn.keys() == {k[len("racnn."):] for k in pretrained if k.startswith("racnn.")}
         for key, value in racnn.items():
             assert torch.equal(value, pretrained[f"racnn.{key}"]), f"{init}: racnn.{key}"
-    scratch = build_model("fusion", model_cfg).racnn.state_dict()
+    scratch = build_stage_model("fusion", model_cfg).racnn.state_dict()
     assert any(not torch.equal(v, pretrained[f"racnn.{k}"]) for k, v in scratch.items()), \
         "a scratch RACNN should differ from the pretrained one"
 

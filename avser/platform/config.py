@@ -10,6 +10,7 @@ from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.heads import KLDAConfig
 from avser.errors import ConfigError
+from avser.platform.stages import check_init, stage_of
 from avser.recipe import PRECISIONS, OptimConfig
 
 __all__ = ["DataPrepConfig", "OptimConfig", "PreprocessConfig", "TrainConfig", "resolve_paths"]
@@ -65,6 +66,12 @@ class TrainConfig:
     fold: int | None = None  # run a single fold of a k-fold protocol
 
     def __post_init__(self) -> None:
+        # Checked here, on load, so that a typo fails before any data is read.
+        stage_of(self.stage)
+        check_init(self.init)
+        if self.num_workers < 1 or self.cpus_per_worker <= 0:
+            raise ConfigError(f"num_workers ({self.num_workers}) must be >= 1 and "
+                              f"cpus_per_worker ({self.cpus_per_worker}) > 0")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of "
                               f"{list(PRECISIONS)}")

@@ -22,11 +22,12 @@ from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
 from avser.features.config import AudioConfig
 from avser.models.config import ModelConfig
-from avser.platform import tracking
+from avser.platform import runs, tracking
 from avser.platform.config import TrainConfig, resolve_paths
+from avser.platform.runs import TrackingInfo
+from avser.platform.stages import stage_of
 
 META_COLUMNS = ["clip_id", "corpus", "speaker", "label", "label_name", "status", "source_key"]
-SPEECH_COLUMNS = ["clip_id", "label", "logmel", "logmel_shape"]
 SUMMARY_METRICS = ("test_wa", "test_ua", "test_f1", "klda_test_ua", "final_val_ua", "klda_val_ua")
 
 
@@ -81,7 +82,7 @@ def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: Train
     import ray.data
 
     files = [str(p) for p in feature_store.part_files(store)]
-    columns = SPEECH_COLUMNS if cfg.stage == "pretrain" else None
+    columns = stage_of(cfg.stage).store_columns
     source = ray.data.read_parquet(files, num_cpus=cfg.data_cpus)
     if columns:  # pushed down into the Parquet read by Ray Data's optimizer
         source = source.select_columns(columns)
@@ -112,16 +113,17 @@ def run_name_for(cfg: TrainConfig, model_cfg: ModelConfig, split_name: str, corp
 
 
 def loop_config_for(cfg: TrainConfig, model_cfg: ModelConfig, label_names: list[str], run_name: str,
-                    tracking_info: dict[str, Any], audio_cfg: AudioConfig | None = None
+                    tracking_info: TrackingInfo, audio_cfg: AudioConfig | None = None
                     ) -> dict[str, Any]:
-    """``audio_cfg``: the store's (what a saved model bundle must reproduce)."""
+    """Plain values for the workers (``LoopContext.from_loop_config`` types
+    them again); ``audio_cfg``: the store's, what a model bundle must reproduce."""
     return {
         "train": configlib.to_dict(cfg),
         "model": configlib.to_dict(model_cfg),
         "audio": configlib.to_dict(audio_cfg or AudioConfig()),
         "label_names": label_names,
         "run_name": run_name,
-        "tracking": tracking_info,
+        "tracking": configlib.to_dict(tracking_info),
     }
 
 
@@ -145,25 +147,17 @@ def _parent_run(cfg: TrainConfig, splits: list[Split], tags: dict[str, str], key
 def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str] | None = None,
                  shard_log_dir: str | None = None) -> ExperimentResult:
     cfg = resolve_paths(cfg)
-    meta = load_store_meta(store)
-    labels = label_names_of(meta)
-    model_cfg = model_config_for(cfg, len(labels))
-    splits = make_splits(meta, cfg.split)
+    setup = store_setup(store, cfg.split.protocol, {"stage": cfg.stage, **(extra_tags or {})})
+    model_cfg = model_config_for(cfg, len(setup.label_names))
+    splits = make_splits(setup.meta, cfg.split)
     if cfg.fold is not None:
         splits = [splits[cfg.fold]]
-    corpus = "+".join(sorted(meta["corpus"].unique()))
-    dhash = tracking.data_hash(meta)  # rows include each clip's source_key
-    tags = tracking.standard_tags(cfg.split.protocol, corpus, dhash,
-                                  {"stage": cfg.stage, **(extra_tags or {})})
-    parent_key = run_name_for(cfg, model_cfg, "cv", corpus, dhash)
-    parent_id = _parent_run(cfg, splits, tags, parent_key)
-    folds = []
-    for split in splits:
-        folds.append(_run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash,
-                               {"experiment": cfg.experiment, "uri": tracking.tracking_uri(),
-                                "tags": {**tags, "split": split.name},
-                                "parent_run_id": parent_id, "register": True,
-                                "shard_log_dir": shard_log_dir}))
+    parent_key = run_name_for(cfg, model_cfg, "cv", setup.corpus, setup.data_hash)
+    parent_id = _parent_run(cfg, splits, setup.tags, parent_key)
+    info = runs.tracking_info(cfg.experiment, setup, parent_run_id=parent_id, register=True,
+                              shard_log_dir=shard_log_dir)
+    folds = [_run_fold(cfg, model_cfg, store, setup, split, info.with_tags(split=split.name))
+             for split in splits]
     result = ExperimentResult(folds=folds, summary=_summarize(folds), parent_run_id=parent_id)
     if parent_id:
         tracking.log_metrics(parent_id, {f"{k}_mean": v[0] for k, v in result.summary.items()} |
@@ -172,13 +166,20 @@ def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str]
     return result
 
 
-def _run_fold(cfg, model_cfg, store, meta, split, labels, corpus, dhash, tracking_info) -> FoldResult:
-    from avser.platform.train import trainer_for
+def store_setup(store: str | Path, protocol: str, extra_tags: dict[str, Any]) -> runs.RunSetup:
+    """The run set-up every driver (training, search) starts from."""
+    meta = load_store_meta(store)
+    return runs.set_up(meta, label_names_of(meta), protocol, extra_tags)
 
-    run_name = run_name_for(cfg, model_cfg, split.name, corpus, dhash)
-    loop_config = loop_config_for(cfg, model_cfg, labels, run_name, tracking_info,
+
+def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
+              info: TrackingInfo) -> FoldResult:
+    from avser.platform.trainer import trainer_for  # imports ray.train
+
+    run_name = run_name_for(cfg, model_cfg, split.name, setup.corpus, setup.data_hash)
+    loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
                                   feature_store.load_feature_config(store).audio)
-    trainer = trainer_for(loop_config, datasets_for(store, meta, split, cfg), cfg, run_name)
+    trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return FoldResult(split.name, run_name, dict(result.metrics or {}), checkpoint)

@@ -8,28 +8,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from avser.heads import evaluate_head, fit_klda_head
-from avser.predict import STAGE_OF_KIND, ModelBundle, save_bundle
-from avser.platform.bundles import BUNDLE_ARTIFACT_DIR, BUNDLE_FILE, BUNDLE_TAG
-from avser.models.factory import example_inputs
 from avser.metrics import classification_report, plot_confusion, plot_curves
-from avser.platform import tracking
-
-REGISTERED_NAMES = {"pretrain": "avser-racnn", "fusion": "avser"}
-CANDIDATE_ALIAS = "candidate"
-KIND_OF_STAGE = {stage: kind for kind, stage in STAGE_OF_KIND.items()}
-
+from avser.models.factory import example_inputs
+from avser.platform import checkpoint, registry, tracking
+from avser.platform.epochs import effective_config, evaluate
+from avser.bundle import ModelBundle, save_bundle
 
 def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list[str]):
-    from avser.platform.train import evaluate
-
     metrics: dict[str, float] = {}
     for name, preds in splits.items():
         metrics.update(evaluate(preds, label_names, f"final_{name}" if name != "test" else "test"))
@@ -37,7 +27,7 @@ def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list
 
 
 def _klda_metrics(ctx, splits) -> dict[str, float]:
-    if ctx.cfg.stage != "fusion" or not ctx.cfg.klda.enabled or "train" not in splits:
+    if not ctx.stage.fits_klda or not ctx.cfg.klda.enabled or "train" not in splits:
         return {}
     train = splits["train"]
     head = fit_klda_head(train["hybrid"], train["labels"], ctx.cfg.klda, seed=ctx.cfg.seed)
@@ -48,21 +38,6 @@ def _klda_metrics(ctx, splits) -> dict[str, float]:
             metrics.update({f"klda_{name}_ua": report["ua"], f"klda_{name}_wa": report["wa"],
                             f"klda_{name}_f1": report["macro_f1"]})
     return metrics
-
-
-def save_hybrid_features(splits, folder: str) -> None:
-    """Cache hybrid features + labels so KLDA can be re-fitted (tuned) without
-    retraining the network."""
-    arrays = {}
-    for name, preds in splits.items():
-        arrays[f"{name}_hybrid"] = preds["hybrid"]
-        arrays[f"{name}_labels"] = preds["labels"]
-    np.savez_compressed(os.path.join(folder, "hybrid_features.npz"), **arrays)
-
-
-def load_hybrid_features(folder: str | Path) -> dict[str, np.ndarray]:
-    with np.load(Path(folder) / "hybrid_features.npz") as data:
-        return {key: data[key] for key in data.files}
 
 
 def _log_figures(run_id: str, ctx, splits, history) -> None:
@@ -81,7 +56,7 @@ def _log_figures(run_id: str, ctx, splits, history) -> None:
 def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
     """The plain-data bundle of a trained model (avser predict / evaluate)."""
     return ModelBundle(
-        kind=KIND_OF_STAGE[ctx.cfg.stage], model_cfg=ctx.model_cfg, audio_cfg=ctx.audio_cfg,
+        kind=ctx.stage.network, model_cfg=ctx.model_cfg, audio_cfg=ctx.audio_cfg,
         segment_overlap=ctx.cfg.segment_overlap, label_names=list(ctx.label_names),
         state_dict=model.state_dict(),
         card={"run_name": ctx.run_name, "protocol": ctx.cfg.split.protocol,
@@ -89,22 +64,21 @@ def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
     )
 
 
-def register(ctx, model, run_id: str, bundle_path: str) -> str | None:
-    name = ctx.cfg.register_as or REGISTERED_NAMES[ctx.cfg.stage]
-    artifact = tracking.log_artifact_file(run_id, bundle_path, BUNDLE_ARTIFACT_DIR)
-    uri = tracking.log_torch_model(run_id, model.eval(), example_inputs(ctx.cfg.stage, ctx.model_cfg))
-    return tracking.register_model(uri, name, alias=CANDIDATE_ALIAS,
-                                   tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage,
-                                         BUNDLE_TAG: artifact})
+def register(ctx, model, run_id: str, bundle_path: str | Path) -> int:
+    name = ctx.cfg.register_as or ctx.stage.registered_name
+    return registry.register_version(
+        run_id, model, example_inputs(ctx.stage.network, ctx.model_cfg), name, bundle_path,
+        tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage})
 
 
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
+    """Final metrics, KLDA, figures and registration; the final checkpoint
+    (best weights, hybrid features, labels, bundle) is written to ``folder``."""
     metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
     metrics["best_epoch"] = state.best_epoch
-    torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
-    bundle_path = save_bundle(bundle_of(ctx, model, metrics), os.path.join(folder, BUNDLE_FILE))
-    save_hybrid_features(splits, folder)
-    Path(folder, "labels.json").write_text(json.dumps(ctx.label_names))
+    bundle_path = save_bundle(bundle_of(ctx, model, metrics), os.path.join(folder, checkpoint.BUNDLE_FILE))
+    checkpoint.save_hybrid_features(splits, folder)
+    Path(folder, checkpoint.LABELS_FILE).write_text(json.dumps(ctx.label_names))
     run_id = state.mlflow_run_id
     tracking.log_metrics(run_id, metrics, step=state.epoch)
     # Tune's scheduler reads val_ua from every report, the final one included:
@@ -112,10 +86,9 @@ def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     # above: in MLflow val_ua is the per-epoch curve, and this step is no epoch.
     metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
     _log_figures(run_id, ctx, splits, state.history)
-    if ctx.tracking.get("register", True):
-        version = register(ctx, model, run_id, str(bundle_path))
-        metrics["model_version"] = float(version) if version is not None else -1.0
+    if ctx.tracking.register:
+        metrics["model_version"] = float(register(ctx, model, run_id, bundle_path))
     tracking.finish_run(run_id)
     state.final_metrics = metrics
-    Path(folder, "state.json").write_text(json.dumps(asdict(state)))
+    checkpoint.save(folder, model.state_dict(), state, effective_config(ctx))
     return metrics

@@ -7,27 +7,23 @@ the trial's run name, so a resumed trial never makes a second child).
 
 from __future__ import annotations
 
-import os
 import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
 from avser import config as configlib
+from avser.data import store as feature_store
 from avser.data.splits import make_splits
 from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
-from avser.models.factory import build_model, example_inputs
-from avser.platform import tracking
+from avser.models.factory import example_inputs
+from avser.platform import checkpoint, registry, runs, tracking
 from avser.platform.config import TrainConfig, resolve_paths
-from avser.platform.experiments import (
-    datasets_for, label_names_of, load_store_meta, model_config_for,
-)
-from avser.platform.finalize import CANDIDATE_ALIAS, load_hybrid_features
+from avser.platform.experiments import datasets_for, model_config_for, store_setup
+from avser.platform.registry import CANDIDATE_ALIAS
+from avser.platform.stages import FUSION, build_stage_model
 from avser.platform.train import FINISHED_KEY
 from avser.platform.tune import (
     TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda, storage_uri,
@@ -93,7 +89,7 @@ def _klda_stage(tcfg: TuneConfig, base: TrainConfig, trials: pd.DataFrame, label
         raise RuntimeError("no trial finished; see the trial table and the Ray logs")
     best = None
     for _, trial in finished.head(tcfg.klda_search.top_trials).iterrows():
-        features = load_hybrid_features(trial[CHECKPOINT_KEY])
+        features = checkpoint.load_hybrid_features(trial[CHECKPOINT_KEY])
         study, per_trial = search_klda(features, base.klda, tcfg.klda_search, tcfg.seed, labels)
         if best is None or study.best_value > best[1].best_value:
             best = (trial, study, per_trial, features)
@@ -113,16 +109,17 @@ def _test_metrics(trial, features, head, labels) -> dict[str, float]:
 def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id) -> int:
     cfg = apply_params(base, params)
     model_cfg = model_config_for(cfg, len(labels))
-    model = build_model("fusion", model_cfg)
-    model.load_state_dict(torch.load(Path(trial[CHECKPOINT_KEY]) / "model.pt", map_location="cpu"))
-    uri = tracking.log_torch_model(parent_id, model.eval(), example_inputs("fusion", model_cfg))
+    model = build_stage_model(FUSION, model_cfg)
+    model.load_state_dict(checkpoint.load_model_state(trial[CHECKPOINT_KEY]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "klda_head.pkl")
         path.write_bytes(pickle.dumps(head))
         tracking.client().log_artifact(parent_id, str(path), "klda")
     tags = {"parent_run_id": parent_id, "trial_id": str(trial["trial_id"]), "search": tcfg.name,
             "klda_gamma": str(klda_cfg.gamma), "klda_reg": str(klda_cfg.reg)}
-    return tracking.register_model(uri, tcfg.register_as, alias=CANDIDATE_ALIAS, tags=tags)
+    bundle = Path(trial[CHECKPOINT_KEY]) / checkpoint.BUNDLE_FILE
+    return registry.register_version(parent_id, model, example_inputs(FUSION.network, model_cfg),
+                                     tcfg.register_as, bundle, tags)
 
 
 def close_unfinished_children(parent_id: str) -> int:
@@ -148,19 +145,18 @@ def _log_search(parent_id: str, trials: pd.DataFrame, tcfg: TuneConfig, best_par
 def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     base = resolve_paths(configlib.load(TrainConfig, tcfg.train_config,
                                         [*tcfg.train_overrides, "stage=fusion"]))
-    meta = load_store_meta(store)
-    labels = label_names_of(meta)
-    split = make_splits(meta, base.split)[base.fold or 0]
-    corpus = "+".join(sorted(meta["corpus"].unique()))
-    tags = tracking.standard_tags(base.split.protocol, corpus, tracking.data_hash(meta),
-                                  {"stage": "fusion", "search": tcfg.name})
-    parent_id = tracking.start_run(tcfg.experiment, run_key=tcfg.name, run_name=tcfg.name, tags=tags)
+    setup = store_setup(store, base.split.protocol, {"stage": FUSION.name, "search": tcfg.name})
+    labels = setup.label_names
+    split = make_splits(setup.meta, base.split)[base.fold or 0]
+    parent_id = tracking.start_run(tcfg.experiment, run_key=tcfg.name, run_name=tcfg.name,
+                                   tags=setup.tags)
     tracking.log_params(parent_id, {"tune": tcfg, "base": base})
-    job = TuneJob(base=configlib.to_dict(base), datasets=datasets_for(store, meta, split, base),
+    job = TuneJob(base=configlib.to_dict(base), datasets=datasets_for(store, setup.meta, split, base),
                   label_names=labels, name=tcfg.name,
                   storage_path=f"{storage_uri(tcfg.storage_path)}/{tcfg.name}-trials",
-                  tracking={"experiment": tcfg.experiment, "uri": tracking.tracking_uri(), "tags": tags,
-                            "parent_run_id": parent_id, "register": False})
+                  tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
+                                              register=False),
+                  audio_cfg=feature_store.load_feature_config(store).audio)
     tuner, restored = build_tuner(tcfg, job)
     if restored:
         print(f"resuming search {tcfg.name} from {tcfg.storage_path}")

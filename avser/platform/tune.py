@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from avser import config as configlib
 from avser.errors import ConfigError
 from avser.heads import KLDAConfig
+from avser.features.config import AudioConfig
 from avser.platform.config import DataPrepConfig, TrainConfig
+from avser.platform.runs import TrackingInfo
 
 PARAM_TYPES = ("loguniform", "uniform", "choice", "randint")
 MODEL_PREFIX = "model."
@@ -117,9 +118,9 @@ def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     model_overrides = list(data.get("model_overrides") or [])
     for key, value in params.items():
         if key.startswith(MODEL_PREFIX):
-            model_overrides.append(f"{key[len(MODEL_PREFIX):]}={value}")
+            model_overrides.append(f"{key[len(MODEL_PREFIX):]}={value!r}")
         else:
-            configlib.set_dotted(data, f"{key}={value}")
+            configlib.set_value(data, key, value)  # typed on from_dict, never via a string
     data["model_overrides"] = model_overrides
     return configlib.from_dict(TrainConfig, data)
 
@@ -139,9 +140,10 @@ class TuneJob:
     base: dict[str, Any]  # TrainConfig as a dict
     datasets: dict[str, Any]  # name -> materialized ray.data.Dataset
     label_names: list[str]
-    tracking: dict[str, Any]
+    tracking: TrackingInfo
     name: str
     storage_path: str  # where each trial's Ray Train run keeps its checkpoints
+    audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
 
 
 def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
@@ -151,15 +153,15 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from avser.platform.experiments import loop_config_for, model_config_for
-    from avser.platform.train import trainer_for
+    from avser.platform.trainer import trainer_for
 
     cfg = apply_params(configlib.from_dict(TrainConfig, job.base), params)
     cfg = replace(cfg, storage_path=job.storage_path)
     model_cfg = model_config_for(cfg, len(job.label_names))
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{job.name}-{trial_id}"
-    tracking_info = {**job.tracking, "tags": {**job.tracking["tags"], "trial_id": trial_id}}
-    loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name, tracking_info)
+    loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name,
+                                  job.tracking.with_tags(trial_id=trial_id), job.audio_cfg)
     trainer_for(loop_config, job.datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
 
 

@@ -1,0 +1,93 @@
+"""The model bundle: a trained network as one file of plain values.
+
+One ``torch.save`` file holds the state dict, the model config, the audio
+feature config and RACNN input settings the network was trained with, the
+label names and a model card; no pickled classes. :func:`load_bundle`
+reads it with ``weights_only=True``, so loading runs no code. The shipped
+speech model (``avser/pretrained``) is such a file; a training run writes
+one into its final checkpoint and registers it with its model version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avser import config as configlib
+from avser.errors import AvserError
+from avser.features.config import AudioConfig, RacnnInputConfig
+from avser.models.config import ModelConfig
+from avser.models.factory import NETWORK_KINDS, build_network, racnn_input_config
+
+BUNDLE_FORMAT = "avser-bundle/1"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_WEIGHTS = PRETRAINED_DIR / "racnn-ravdess-a01-16.pt"
+
+
+@dataclass
+class ModelBundle:
+    """A trained network with what it needs to read new files."""
+
+    kind: str  # speech (RACNN + speech head) | audiovisual (the fusion model)
+    model_cfg: ModelConfig
+    audio_cfg: AudioConfig
+    segment_overlap: float
+    label_names: list[str]
+    state_dict: dict[str, torch.Tensor]
+    card: dict[str, Any]
+
+    @property
+    def input_cfg(self) -> RacnnInputConfig:
+        return racnn_input_config(self.model_cfg, self.segment_overlap)
+
+    def network(self) -> torch.nn.Module:
+        net = build_network(self.kind, self.model_cfg)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "format": BUNDLE_FORMAT,
+        "kind": bundle.kind,
+        "model_config": configlib.to_dict(bundle.model_cfg),
+        "audio_config": configlib.to_dict(bundle.audio_cfg),
+        "segment_overlap": float(bundle.segment_overlap),
+        "label_names": list(bundle.label_names),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
+        "card": bundle.card,
+    }, path)
+    return path
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Read a bundle without running code; errors name the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise AvserError(f"no model file at {path}; give --weights a bundle written by avser "
+                         f"(the shipped one is {DEFAULT_WEIGHTS})")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends, by torch version
+        raise AvserError(f"{path} is not a plain-data avser bundle ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]}); avser loads no pickled code. Re-export "
+                         "the model with avser.predict.save_bundle") from exc
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        raise AvserError(f"{path} is not an {BUNDLE_FORMAT} file (a bare state dict or an older "
+                         "format?); re-export it with avser.predict.save_bundle")
+    if raw["kind"] not in NETWORK_KINDS:
+        raise AvserError(f"{path}: unknown model kind {raw['kind']!r}")
+    return ModelBundle(
+        kind=raw["kind"],
+        model_cfg=configlib.from_dict(ModelConfig, raw["model_config"], f"{path}:model_config"),
+        audio_cfg=configlib.from_dict(AudioConfig, raw["audio_config"], f"{path}:audio_config"),
+        segment_overlap=float(raw["segment_overlap"]),
+        label_names=list(raw["label_names"]),
+        state_dict=raw["state_dict"],
+        card=dict(raw.get("card") or {}),
+    )

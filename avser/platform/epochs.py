@@ -1,0 +1,193 @@
+"""One epoch of training, and scoring a dataset: the parts of the training
+loop that need no Ray. The Ray Train worker (:mod:`avser.platform.train`)
+and the plain-process recipe search (``bench/speech_recipe.py``) run the
+same functions; a ``shard`` is anything with Ray's ``iter_batches``
+(a ``ray.data.DataIterator``, or :class:`avser.batches.FrameBatches`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avser import config as configlib
+from avser import recipe
+from avser.batches import collate
+from avser.features.augment import mixup
+from avser.features.config import AudioConfig, RacnnInputConfig
+from avser.metrics import classification_report
+from avser.models.config import ModelConfig
+from avser.models.factory import SPEECH, network_logits, racnn_input_config, speech_logits
+from avser.platform.checkpoint import LoopState
+from avser.platform.config import TrainConfig
+from avser.platform.runs import TrackingInfo
+from avser.platform.stages import Stage, stage_of
+
+
+@dataclass
+class LoopContext:
+    """Everything the per-worker loop needs, rebuilt from the loop config dict."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    label_names: list[str]
+    run_name: str
+    tracking: TrackingInfo
+    audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
+
+    @classmethod
+    def from_loop_config(cls, loop_config: dict[str, Any]) -> "LoopContext":
+        return cls(
+            cfg=configlib.from_dict(TrainConfig, loop_config["train"]),
+            model_cfg=configlib.from_dict(ModelConfig, loop_config["model"]),
+            label_names=list(loop_config["label_names"]),
+            run_name=loop_config["run_name"],
+            tracking=configlib.from_dict(TrackingInfo, loop_config["tracking"]),
+            audio_cfg=configlib.from_dict(AudioConfig, loop_config.get("audio")),
+        )
+
+    @property
+    def stage(self) -> Stage:
+        return stage_of(self.cfg.stage)
+
+    @property
+    def n_classes(self) -> int:
+        return self.stage.n_classes(self.model_cfg)
+
+    @property
+    def input_cfg(self) -> RacnnInputConfig:
+        return racnn_input_config(self.model_cfg, self.cfg.segment_overlap)
+
+    def precision(self, device: torch.device) -> str:
+        return recipe.resolve_precision(self.cfg.mixed_precision, device,
+                                        self.model_cfg.racnn.input_size)
+
+
+def _batches(shard, ctx: LoopContext, shuffle_seed: int | None = None):
+    kwargs: dict[str, Any] = {"batch_size": ctx.cfg.optim.batch_size, "batch_format": "numpy"}
+    if shuffle_seed is not None:
+        kwargs.update(local_shuffle_buffer_size=ctx.cfg.optim.shuffle_buffer,
+                      local_shuffle_seed=shuffle_seed)
+    for batch in shard.iter_batches(**kwargs):
+        yield batch, collate(batch, ctx.model_cfg.appearance.image_size,
+                             ctx.model_cfg.keyframes, with_visual=ctx.stage.with_visual)
+
+
+def augment_generator(ctx: LoopContext, epoch: int, rank: int) -> torch.Generator:
+    """Augmentation draws: a fixed function of (seed, epoch, rank)."""
+    return torch.Generator().manual_seed((ctx.cfg.seed * 1_000_003 + epoch) * 1009 + rank)
+
+
+def _training_logits(model, inputs, ctx: LoopContext, device, generator):
+    """Logits and soft targets of one training batch: augmented speech, and
+    mixup of the speech input for a speech-only network."""
+    labels = inputs.labels.to(device)
+    augment, alpha, network = ctx.cfg.augment, ctx.cfg.optim.mixup_alpha, ctx.stage.network
+    if network == SPEECH and alpha > 0:
+        speech = inputs.speech(device, ctx.input_cfg, augment, generator)
+        speech, targets = mixup(speech, labels, ctx.n_classes, alpha, generator)
+        logits, _ = speech_logits(model, speech)
+        return logits, targets
+    logits, _ = network_logits(model, network, inputs, device, ctx.input_cfg, augment, generator)
+    return logits, F.one_hot(labels, logits.shape[-1]).float()
+
+
+def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: int,
+                    seen_ids: list[str] | None = None,
+                    ema: recipe.WeightEMA | None = None, rank: int = 0) -> dict[str, float]:
+    """One pass over ``shard``: the recipe's learning rate, augmentation,
+    loss, clipping and EMA; returns the epoch's training metrics."""
+    model.train()
+    optim = ctx.cfg.optim
+    recipe.set_learning_rate(optimizer, recipe.learning_rate(optim, epoch))
+    generator = augment_generator(ctx, epoch, rank)
+    precision = ctx.precision(device)
+    total_loss, correct, count = 0.0, 0, 0
+    for raw, inputs in _batches(shard, ctx, shuffle_seed=ctx.cfg.seed + epoch):
+        if seen_ids is not None:
+            seen_ids.extend(str(c) for c in raw["clip_id"])
+        with recipe.autocast(precision, device):
+            logits, targets = _training_logits(model, inputs, ctx, device, generator)
+        loss = recipe.soft_cross_entropy(logits, targets, optim.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(unwrap(model))
+        total_loss += loss.detach().item() * len(inputs)
+        correct += int((logits.argmax(1).cpu() == inputs.labels).sum())
+        count += len(inputs)
+    return {"train_loss": total_loss / max(count, 1), "train_wa": correct / max(count, 1),
+            "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def predict(model, shard, ctx: LoopContext, device) -> dict[str, np.ndarray]:
+    """Logits, labels and hybrid features over a whole dataset (no shuffling)."""
+    model.eval()
+    logits, labels, hybrids, ids = [], [], [], []
+    for raw, inputs in _batches(shard, ctx):
+        with recipe.autocast(ctx.precision(device), device):
+            out, hybrid = network_logits(model, ctx.stage.network, inputs, device, ctx.input_cfg)
+        logits.append(out.float().cpu())
+        hybrids.append(hybrid.float().cpu())
+        labels.append(inputs.labels)
+        ids.extend(str(c) for c in raw["clip_id"])
+    return {
+        "logits": torch.cat(logits).numpy(),
+        "labels": torch.cat(labels).numpy(),
+        "hybrid": torch.cat(hybrids).numpy(),
+        "clip_id": np.asarray(ids),
+    }
+
+
+def evaluate(predictions: dict[str, np.ndarray], label_names: list[str], prefix: str) -> dict[str, float]:
+    """Loss, WA, UA and macro-F1 of predictions, keyed ``{prefix}_...``."""
+    logits = torch.from_numpy(predictions["logits"])
+    labels = torch.from_numpy(predictions["labels"])
+    report = classification_report(labels.numpy(), logits.argmax(1).numpy(), label_names)
+    return {
+        f"{prefix}_loss": float(F.cross_entropy(logits, labels)),
+        f"{prefix}_wa": report["wa"],
+        f"{prefix}_ua": report["ua"],
+        f"{prefix}_f1": report["macro_f1"],
+    }
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+def evaluation_model(model, ema: recipe.WeightEMA | None) -> torch.nn.Module:
+    """The weights that are scored and kept: the EMA's when there is one."""
+    model = unwrap(model)
+    if ema is None:
+        return model
+    scored = copy.deepcopy(model)
+    scored.load_state_dict(ema.state)
+    return scored
+
+
+def track_best(state: LoopState, optim: recipe.OptimConfig, metrics: dict[str, float],
+               scored: torch.nn.Module, best_state: dict | None, epoch: int) -> dict | None:
+    """Advance ``state`` past ``epoch``; a better early-stopping metric keeps
+    ``scored``'s weights as the best ones (returned)."""
+    state.epoch = epoch + 1
+    value = metrics[optim.early_stop_metric]
+    if not recipe.is_better(optim.early_stop_metric, value, state.best_score):
+        state.stale_epochs += 1
+        return best_state
+    state.best_score, state.best_epoch, state.stale_epochs = value, epoch, 0
+    return {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
+
+
+def effective_config(ctx: LoopContext) -> dict[str, Any]:
+    """What a run trains with, flattened: the resume check compares it."""
+    return {**configlib.flatten(ctx.cfg, "train."), **configlib.flatten(ctx.model_cfg, "model.")}
