@@ -465,6 +465,12 @@ def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, 
         assert 1 <= len(logged_before_kill) < epochs
         assert not metric_history(run_id, "test_wa"), "the killed job must not have finished"
 
+    # The same run name under another configuration is refused, naming the key.
+    changed = subprocess.run([*command, "--set", "optim.lr=0.02"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0
+    assert "train.optim.lr" in changed.stdout + changed.stderr and "new run" in changed.stderr
+
     restarted_at = time.time()
     second = start("second.log")
     try:

@@ -36,6 +36,8 @@ CONFIG_FILE = "config.json"
 HYBRID_FILE = "hybrid_features.npz"
 LABELS_FILE = "labels.json"
 BUNDLE_FILE = "model.avser.pt"
+# How Ray Train names the checkpoint folders of a run (storage_path/name/...).
+RAY_CHECKPOINT_GLOB = "checkpoint_*"
 # Keys that may change between a run and its resumption: where and how it
 # runs, not what it trains.
 OPERATIONAL_KEYS = ("storage_path", "max_failures", "torch_threads", "data_cpus", "materialize",
@@ -137,6 +139,21 @@ def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], ru
             f"{'; ...' if len(differ) > 8 else ''}); resuming it would mix two trainings. "
             "Start a new run (another --run-name, or none for a name derived from the config), "
             "or go back to the run's configuration to resume it")
+
+
+def check_resume_of_run(storage_path: str, run_name: str, current: Mapping[str, Any]) -> None:
+    """The driver's resume check, before any worker starts: compare with the
+    newest checkpoint Ray Train keeps under ``storage_path/run_name``
+    (``checkpoint_<timestamp>`` folders). Remote storage is checked by the
+    worker on restore instead."""
+    if "://" in storage_path:
+        return
+    folders = sorted(Path(storage_path, run_name).glob(RAY_CHECKPOINT_GLOB))
+    for folder in reversed(folders):  # the newest complete one
+        if (folder / CONFIG_FILE).is_file():
+            saved = json.loads((folder / CONFIG_FILE).read_text())
+            check_resume(saved, current, run_name)
+            return
 
 
 def _operational(config: Mapping[str, Any]) -> set[str]:

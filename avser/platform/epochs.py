@@ -188,6 +188,6 @@ def track_best(state: LoopState, optim: recipe.OptimConfig, metrics: dict[str, f
     return {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
 
 
-def effective_config(ctx: LoopContext) -> dict[str, Any]:
+def effective_config(cfg: TrainConfig, model_cfg: ModelConfig) -> dict[str, Any]:
     """What a run trains with, flattened: the resume check compares it."""
-    return {**configlib.flatten(ctx.cfg, "train."), **configlib.flatten(ctx.model_cfg, "model.")}
+    return {**configlib.flatten(cfg, "train."), **configlib.flatten(model_cfg, "model.")}

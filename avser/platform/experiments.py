@@ -22,7 +22,8 @@ from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
 from avser.features.config import AudioConfig
 from avser.models.config import ModelConfig
-from avser.platform import runs, tracking
+from avser.platform import checkpoint, runs, tracking
+from avser.platform.epochs import effective_config
 from avser.platform.config import TrainConfig, resolve_paths
 from avser.platform.runs import TrackingInfo
 from avser.platform.stages import stage_of
@@ -177,9 +178,10 @@ def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
     from avser.platform.trainer import trainer_for  # imports ray.train
 
     run_name = run_name_for(cfg, model_cfg, split.name, setup.corpus, setup.data_hash)
+    checkpoint.check_resume_of_run(cfg.storage_path, run_name, effective_config(cfg, model_cfg))
     loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
                                   feature_store.load_feature_config(store).audio)
     trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
     result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    return FoldResult(split.name, run_name, dict(result.metrics or {}), checkpoint)
+    final = result.checkpoint.path if result.checkpoint else None
+    return FoldResult(split.name, run_name, dict(result.metrics or {}), final)

@@ -90,5 +90,5 @@ def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
         metrics["model_version"] = float(register(ctx, model, run_id, bundle_path))
     tracking.finish_run(run_id)
     state.final_metrics = metrics
-    checkpoint.save(folder, model.state_dict(), state, effective_config(ctx))
+    checkpoint.save(folder, model.state_dict(), state, effective_config(ctx.cfg, ctx.model_cfg))
     return metrics

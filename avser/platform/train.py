@@ -54,7 +54,7 @@ def _is_rank_zero() -> bool:
 
 def _save_checkpoint(ctx, model, optimizer, state: LoopState, best_state, folder: str,
                      ema: recipe.WeightEMA | None) -> Checkpoint:
-    checkpoint.save(folder, unwrap(model).state_dict(), state, effective_config(ctx), optimizer,
+    checkpoint.save(folder, unwrap(model).state_dict(), state, effective_config(ctx.cfg, ctx.model_cfg), optimizer,
                     best_state, ema.state if ema is not None else None)
     return Checkpoint.from_directory(folder)
 
@@ -67,7 +67,7 @@ def _restore(ctx: LoopContext, model, optimizer, ema: recipe.WeightEMA | None
         return LoopState(), None
     with latest.as_directory() as folder:
         restored = checkpoint.restore(folder)
-    checkpoint.check_resume(restored.config, effective_config(ctx), ctx.run_name)
+    checkpoint.check_resume(restored.config, effective_config(ctx.cfg, ctx.model_cfg), ctx.run_name)
     unwrap(model).load_state_dict(restored.model_state)
     if restored.optimizer_state is not None:  # the final checkpoint holds no optimizer
         optimizer.load_state_dict(restored.optimizer_state)
