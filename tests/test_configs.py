@@ -61,3 +61,17 @@ def test_nested_sections_and_tuples_convert() -> None:
         configlib.from_dict(ModelConfig, {"racnn": {"widths": [8, 16]}})
     aug = configlib.from_dict(SpeechAugmentConfig, {"tempo": "0.2", "time_masks": 1})
     assert aug.tempo == 0.2
+
+
+@pytest.mark.parametrize("cls, override, named", [
+    (TuneConfig, "num_samples=-1", "num_samples"),
+    (TuneConfig, "search_space={lr: {type: normal}}", "search space type"),
+    (PreprocessConfig, "rows_per_part=0", "rows_per_part"),
+    (PreprocessConfig, "features.landmarks.backend=bogus", "landmarks.backend"),
+    (TrainConfig, "stage=fusoin", "stage"),
+    (TrainConfig, "init=registry", "init"),
+    (TrainConfig, "num_workers=0", "num_workers"),
+])
+def test_out_of_range_and_unknown_choices_are_refused_on_load(cls, override, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        configlib.load(cls, None, [override])

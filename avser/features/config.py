@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from avser.errors import ConfigError
+
+LANDMARK_BACKENDS = ("dlib", "openface-csv", "openface")
+
 
 @dataclass
 class AudioConfig:
@@ -65,6 +69,11 @@ class LandmarkConfig:
     # A frame counts as found at or above this confidence; for dlib the
     # confidence is sigmoid(detector score), so 0.5 is the detector's own threshold.
     min_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.backend not in LANDMARK_BACKENDS:
+            raise ConfigError(f"landmarks.backend={self.backend!r}; choose one of "
+                              f"{list(LANDMARK_BACKENDS)}")
 
 
 @dataclass

@@ -15,13 +15,13 @@ the backends live in :mod:`avser.features.openface` and
 from __future__ import annotations
 
 from avser.errors import BackendUnavailableError
-from avser.features.config import LandmarkConfig
+from avser.features.config import LANDMARK_BACKENDS, LandmarkConfig
 from avser.features.dlib_tracking import DlibBackend, dlib_model_path
 from avser.features.landmark_track import FramesLike, LandmarkBackend, LandmarkTrack, require_face
 from avser.features.openface import OpenFaceBinaryBackend, OpenFaceCSVBackend, read_openface_csv
 from avser.landmark_regions import N_LANDMARKS
 
-BACKENDS = ("dlib", "openface-csv", "openface")
+BACKENDS = LANDMARK_BACKENDS
 
 __all__ = [
     "BACKENDS", "N_LANDMARKS", "DlibBackend", "FramesLike", "LandmarkBackend", "LandmarkTrack",

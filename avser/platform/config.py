@@ -26,6 +26,14 @@ class PreprocessConfig:
     # Rows buffered on the driver before a part file is written (crash-safety grain).
     rows_per_part: int = 32
 
+    def __post_init__(self) -> None:
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ConfigError(f"num_actors={self.num_actors} must be >= 1 (or null for one per CPU)")
+        if self.cpus_per_actor <= 0 or self.clips_per_batch < 1 or self.rows_per_part < 1:
+            raise ConfigError(f"cpus_per_actor ({self.cpus_per_actor}) must be > 0 and "
+                              f"clips_per_batch ({self.clips_per_batch}) and rows_per_part "
+                              f"({self.rows_per_part}) >= 1")
+
 
 @dataclass
 class TrainConfig:

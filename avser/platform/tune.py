@@ -84,6 +84,13 @@ class TuneConfig:
     driver_cpus: float = 0.01
     register_as: str = "avser"
 
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.max_concurrent_trials < 1 or self.max_failures < 0:
+            raise ConfigError(f"num_samples ({self.num_samples}) and max_concurrent_trials "
+                              f"({self.max_concurrent_trials}) must be >= 1 and max_failures "
+                              f"({self.max_failures}) >= 0")
+        parse_space(self.search_space)  # each parameter checked on load
+
 
 def parse_space(space: dict[str, dict[str, Any]]) -> dict[str, ParamSpec]:
     return {name: configlib.from_dict(ParamSpec, spec, f"search_space.{name}")
