@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -252,6 +253,6 @@ def load_feature_config(store: str | Path) -> FeatureConfig:
     path = Path(store) / FEATURES_FILE
     if not path.is_file():
         print(f"warning: {store} has no {FEATURES_FILE}; assuming the default feature config "
-              "(re-run jobs/preprocess.py on it to record the real one)")
+              "(re-run jobs/preprocess.py on it to record the real one)", file=sys.stderr)
         return FeatureConfig()
     return configlib.load(FeatureConfig, path)
