@@ -52,6 +52,12 @@ class EmptyAudioError(ClipError):
     reason = "empty_audio"
 
 
+class TooShortAudioError(ClipError):
+    """Audio shorter than ``audio.min_seconds``: too few frames to be an utterance."""
+
+    reason = "too_short"
+
+
 class NoAudioTrackError(ClipError):
     reason = "no_audio_track"
 

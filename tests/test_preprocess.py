@@ -498,3 +498,14 @@ def test_real_video_without_a_face_is_a_no_face_row(shared_data):
     row = featurize_clip(clip, "key", cfg, DlibBackend(cfg.landmarks))
     assert (row["status"], row["error_reason"]) == (feature_store.STATUS_ERROR, "no_face")
     assert "no_face_video" in row["error"] and str(video) in row["error"]
+
+
+def test_a_25_ms_clip_is_a_too_short_row_naming_the_file(tmp_path):
+    path = tmp_path / "blip.wav"
+    rate = 16000
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(0.025 * rate)) / rate), rate)
+    cfg = preprocess_config().features
+    row = featurize_clip(odd_clip("blip", path), "key", cfg, OpenFaceCSVBackend(cfg.landmarks))
+    assert (row["status"], row["error_reason"]) == (feature_store.STATUS_ERROR, "too_short")
+    assert "blip" in row["error"] and str(path) in row["error"] and "min_seconds" in row["error"]
+    assert row["logmel"] is None
