@@ -359,7 +359,7 @@ def crash_before_compacting(original):
     return compact_or_crash
 
 
-def training_rows(store: Path) -> list[dict]:
+def training_rows(store: Path, stage: str) -> list[dict]:
     """Every row the training datasets of one all-train split yield (Ray Data)."""
     from avser.data.splits import Split
     from avser.platform.config import TrainConfig
@@ -367,7 +367,7 @@ def training_rows(store: Path) -> list[dict]:
 
     meta = load_store_meta(store)
     split = Split("all", train=np.arange(len(meta)), val=[], test=[])
-    cfg = TrainConfig(stage="pretrain", materialize=False)
+    cfg = TrainConfig(stage=stage, materialize=False)
     return datasets_for(store, meta, split, cfg)["train"].take_all()
 
 
@@ -393,12 +393,14 @@ def test_crash_before_compaction_training_reads_each_manifest_clip_once(
     feature_store.record_clips(store, [c.clip_id for c in corpus.clips if c.clip_id != dropped],
                                smaller)
     ok = {c.clip_id for c in corpus.synthetic} | {AUDIO_ONLY}
-    rows = training_rows(store)
-    assert sorted(r["clip_id"] for r in rows) == sorted(ok - {dropped})
-    newest = feature_store.read_store(store).set_index("clip_id")
-    by_id = {r["clip_id"]: r for r in rows}
-    assert by_id[recomputed.clip_id]["logmel"] == newest.loc[recomputed.clip_id, "logmel"]
-    assert set(rows[0]) == set(SPEECH_COLUMNS), "the part-path column is dropped"
+    speech = training_rows(store, "pretrain")  # the column-pruned read
+    assert sorted(r["clip_id"] for r in speech) == sorted(ok - {dropped})
+    assert set(speech[0]) == set(SPEECH_COLUMNS), "the part-path column is dropped"
+    full = {r["clip_id"]: r for r in training_rows(store, "fusion")}
+    assert sorted(full) == sorted(ok - {dropped})
+    newest = feature_store.read_store(store, ["source_key"]).set_index("clip_id")["source_key"]
+    assert full[recomputed.clip_id]["source_key"] == newest[recomputed.clip_id]
+    assert set(full[recomputed.clip_id]) == set(feature_store.SCHEMA.names)
     # The next run (nothing to compute) compacts the parts.
     forbid_per_clip_work(monkeypatch)
     with edited(recomputed):
