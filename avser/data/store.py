@@ -18,7 +18,7 @@ to the raw Parquet (the training datasets) filter on those pairs
 
 Writes are crash-safe: a part is written to a temporary file, fsynced,
 renamed and its folder fsynced; only one writer at a time holds the store
-(``writer_lock``), which also removes temporary files a crashed writer left
+(``writing``), which also removes temporary files a crashed writer left
 and, with ``set_aside_unreadable``, moves damaged parts to ``damaged/`` so
 their clips are recomputed rather than every read failing.
 
