@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avser.errors import AvserError
+from avser.errors import EXIT_BAD_INPUT, AvserError, error_line
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm"}
 
@@ -23,26 +23,45 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: list[str]) -> dict[str, object]:
+    """``--option KEY=VALUE`` items as scanner options (VALUE read as YAML)."""
     import yaml
 
     options = {}
     for item in items:
-        key, _, raw = item.partition("=")
-        options[key.strip()] = yaml.safe_load(raw)
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise AvserError(f"--option {item!r} is not KEY=VALUE; write e.g. "
+                             "--option include_song=true")
+        try:
+            options[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            reason = str(exc).splitlines()[0]
+            raise AvserError(f"--option {item!r}: the value {raw!r} is not valid YAML ({reason}); "
+                             "quote it or write e.g. modalities=[audio_only]") from exc
     return options
 
 
+def _print_problems(problems: list, per_kind: int) -> None:
+    from avser.data.manifest import summarize_problems
+
+    if problems:
+        print(f"{len(problems)} file(s) not in the manifest, by kind:")
+        print(summarize_problems(problems, per_kind=per_kind))
+
+
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    from avser.data.corpora import scan_corpus
-    from avser.data.manifest import summarize, summarize_problems, write_manifest
+    from avser.data.corpora import require_clips, scan_corpus
+    from avser.data.manifest import summarize, write_manifest
 
     result = scan_corpus(args.corpus, args.root, **_parse_options(args.option))
+    if not result.clips:
+        _print_problems(result.problems, args.show_problems)  # what the scan saw instead
+        require_clips(args.corpus, args.root, result)  # raises: no empty manifest is written
     frame = result.to_frame()
     write_manifest(frame, args.out)
     print(summarize(frame))
-    if result.problems:
-        print(f"{len(result.problems)} file(s) not in the manifest, by kind:")
-        print(summarize_problems(result.problems, per_kind=args.show_problems))
+    _print_problems(result.problems, args.show_problems)
     print(f"manifest written to {args.out}")
     return 0
 
@@ -108,8 +127,7 @@ def _cmd_models_summary(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from avser.platform import registry, tracking
 
-    version = registry.model_version(args.name, args.version or args.source).version
-    registry.set_alias(args.name, args.alias, version)
+    version = registry.promote(args.name, args.alias, source=args.source, version=args.version)
     print(f"{args.name} version {version} now has alias {args.alias} ({tracking.tracking_uri()})")
     return 0
 
@@ -220,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AvserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -10,8 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# The exit code of a command or job stopped by an AvserError (argparse uses 2 too).
+EXIT_BAD_INPUT = 2
+
+
 class AvserError(Exception):
     """Base class of every error avser raises on purpose."""
+
+
+def error_line(exc: AvserError) -> str:
+    """How a command or job reports ``exc``: one line, no traceback (it is
+    the user's input that is wrong, not the code)."""
+    return "error: " + " ".join(str(exc).split())
 
 
 class ConfigError(AvserError):
@@ -50,6 +60,12 @@ class EmptyAudioError(ClipError):
     """Zero-length or silent audio."""
 
     reason = "empty_audio"
+
+
+class TooShortAudioError(ClipError):
+    """Audio shorter than ``audio.min_seconds``: too few frames to be an utterance."""
+
+    reason = "too_short"
 
 
 class NoAudioTrackError(ClipError):

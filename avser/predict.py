@@ -54,7 +54,8 @@ def file_logmel(path: str | Path, bundle: ModelBundle) -> np.ndarray:
                         f"give audio ({', '.join(AUDIO_SUFFIXES)}) or video "
                         f"({', '.join(VIDEO_SUFFIXES)})")
     cfg = bundle.audio_cfg
-    return logmel(load_audio(path, cfg.sample_rate, silence_rms=cfg.silence_rms), cfg)
+    return logmel(load_audio(path, cfg.sample_rate, silence_rms=cfg.silence_rms,
+                             min_seconds=cfg.min_seconds), cfg)
 
 
 def _note_for(path: Path, bundle: ModelBundle) -> str:

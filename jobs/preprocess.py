@@ -3,7 +3,8 @@
     python jobs/preprocess.py --manifest M.parquet --out STORE [--landmarks dlib]
 
 Exits 0 when at least one clip is usable (failed clips are listed by reason),
-1 when no clip of the manifest could be featurized: a wrong backend or paths.
+1 when no clip of the manifest could be featurized: a wrong backend or paths;
+2 with one line on stderr for bad input (config, manifest, a store another run is writing).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from avser import config
 from avser.platform.cluster import init_ray
 from avser.platform.config import PreprocessConfig
+from avser.platform.jobs import job_main
 from avser.platform.preprocess import run_preprocess
 
 EXIT_NOTHING_USABLE = 1
@@ -31,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = list(args.set)

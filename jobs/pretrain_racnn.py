@@ -10,9 +10,10 @@ import sys
 
 from avser.platform.cluster import init_ray
 from avser.platform.experiments import run_training
-from avser.platform.jobs import print_result, training_config, training_parser
+from avser.platform.jobs import job_main, print_result, training_config, training_parser
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = training_parser(__doc__, "configs/pretrain_ravdess.yaml").parse_args(argv)
     cfg = training_config(args, extra=["stage=pretrain"])

@@ -13,9 +13,10 @@ from dataclasses import replace
 from avser.models.config import VARIANTS
 from avser.platform.cluster import init_ray
 from avser.platform.experiments import run_training
-from avser.platform.jobs import print_result, training_config, training_parser
+from avser.platform.jobs import job_main, print_result, training_config, training_parser
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     parser = training_parser(__doc__, "configs/train_fusion.yaml")
     parser.add_argument("--init", default=None, help="RACNN initialisation (paper Table III)")

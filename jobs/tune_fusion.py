@@ -13,6 +13,7 @@ import sys
 from avser import config
 from avser.platform.cluster import init_ray
 from avser.platform.dataprep import prepare_store
+from avser.platform.jobs import job_main
 from avser.platform.search import run_search
 from avser.platform.tune import TuneConfig
 
@@ -25,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config.load(TuneConfig, args.config, args.set)

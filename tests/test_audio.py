@@ -17,6 +17,7 @@ from avser.errors import (
     EmptyAudioError,
     MissingFileError,
     NoAudioTrackError,
+    TooShortAudioError,
     UnreadableMediaError,
 )
 from avser.features.audio import load_audio, load_logmel, logmel, racnn_input
@@ -170,6 +171,28 @@ def test_silent_wav(tmp_path: Path) -> None:
     path = tmp_path / "silent.wav"
     sf.write(path, np.zeros(16000, dtype=np.float32), 16000)
     assert_raises_naming(EmptyAudioError, path, "silent")
+
+
+def test_audio_shorter_than_min_seconds_is_too_short(tmp_path: Path) -> None:
+    """25 ms of tone made 3 log-mel frames that the RACNN input stretched to 224."""
+    path = tmp_path / "blip.wav"
+    sf.write(path, sine(0.025, 16000), 16000)
+    with pytest.raises(TooShortAudioError, match=r"0\.025 s long.*audio\.min_seconds 0\.5") as caught:
+        load_audio(path)
+    assert str(path) in str(caught.value) and caught.value.reason == "too_short"
+    with pytest.raises(TooShortAudioError, match="blip.wav"):
+        load_logmel(path, AudioConfig())
+    # The minimum is a config value: lowered, the clip loads.
+    assert len(load_audio(path, min_seconds=0.02)) == 400
+    assert load_logmel(path, AudioConfig(min_seconds=0.0)).shape[-1] == 3
+
+
+def test_min_seconds_at_another_sample_rate(tmp_path: Path) -> None:
+    path = tmp_path / "short48k.wav"
+    sf.write(path, sine(0.6, 48000), 48000)
+    assert len(load_audio(path, 16000)) == pytest.approx(0.6 * 16000, abs=2)
+    sf.write(path, sine(0.4, 48000), 48000)
+    assert_raises_naming(TooShortAudioError, path, "0.400 s")
 
 
 def test_real_video_with_a_silent_track(shared_data: Path) -> None:

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,6 +336,93 @@ def test_rerun_repairs_lost_parts_edited_clips_and_internal_errors(
     assert report.failures == resumed.report.failures
 
 
+@contextmanager
+def edited(clip: Clip):
+    """The clip's landmark CSV with a later mtime (so a new source key) for a block."""
+    csv = Path(clip.landmarks_path)
+    original = csv.stat()
+    try:
+        later = original.st_mtime + EDIT_SHIFT_S
+        os.utime(csv, (later, later))
+        yield
+    finally:
+        os.utime(csv, ns=(original.st_atime_ns, original.st_mtime_ns))
+
+
+def crash_before_compacting(original):
+    """``drop_superseded`` that dies when there is something to compact."""
+    def compact_or_crash(store):
+        if raw_rows(store, ["clip_id"])["clip_id"].duplicated().any():
+            raise SimulatedCrash("the driver died before the compaction")
+        return original(store)
+
+    return compact_or_crash
+
+
+def training_rows(store: Path, stage: str) -> list[dict]:
+    """Every row the training datasets of one all-train split yield (Ray Data)."""
+    from avser.data.splits import Split
+    from avser.platform.config import TrainConfig
+    from avser.platform.experiments import datasets_for, load_store_meta
+
+    meta = load_store_meta(store)
+    split = Split("all", train=np.arange(len(meta)), val=[], test=[])
+    cfg = TrainConfig(stage=stage, materialize=False)
+    return datasets_for(store, meta, split, cfg)["train"].take_all()
+
+
+def test_crash_before_compaction_training_reads_each_manifest_clip_once(
+    corpus, resumed, tmp_path, monkeypatch
+):
+    from avser.platform.experiments import SPEECH_COLUMNS
+
+    store = tmp_path / "features"
+    shutil.copytree(resumed.store, store)
+    recomputed = corpus.synthetic[3]
+    with edited(recomputed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(feature_store, "drop_superseded",
+                      crash_before_compacting(feature_store.drop_superseded))
+        with pytest.raises(SimulatedCrash):
+            run_preprocess(corpus.manifest, store, preprocess_config(), progress=False)
+    raw = raw_rows(store, ["clip_id"])["clip_id"].tolist()
+    assert raw.count(recomputed.clip_id) == 2, "the crash should leave two rows for the clip"
+    # A manifest without one clip: its row stays in the parts but is not served.
+    dropped = corpus.synthetic[4].clip_id
+    smaller = write_manifest([c for c in corpus.clips if c.clip_id != dropped],
+                             tmp_path / "smaller.parquet")
+    feature_store.record_clips(store, [c.clip_id for c in corpus.clips if c.clip_id != dropped],
+                               smaller)
+    ok = {c.clip_id for c in corpus.synthetic} | {AUDIO_ONLY}
+    speech = training_rows(store, "pretrain")  # the column-pruned read
+    assert sorted(r["clip_id"] for r in speech) == sorted(ok - {dropped})
+    assert set(speech[0]) == set(SPEECH_COLUMNS), "the part-path column is dropped"
+    full = {r["clip_id"]: r for r in training_rows(store, "fusion")}
+    assert sorted(full) == sorted(ok - {dropped})
+    newest = feature_store.read_store(store, ["source_key"]).set_index("clip_id")["source_key"]
+    assert full[recomputed.clip_id]["source_key"] == newest[recomputed.clip_id]
+    assert set(full[recomputed.clip_id]) == set(feature_store.SCHEMA.names)
+    # The next run (nothing to compute) compacts the parts.
+    forbid_per_clip_work(monkeypatch)
+    with edited(recomputed):
+        run_preprocess(smaller, store, preprocess_config(), progress=False)
+    raw = raw_rows(store, ["clip_id"])["clip_id"].tolist()
+    assert sorted(raw) == sorted(c.clip_id for c in corpus.clips)
+
+
+def test_zero_length_part_is_set_aside_and_its_clips_recomputed(corpus, resumed, tmp_path, capsys):
+    store = tmp_path / "features"
+    shutil.copytree(resumed.store, store)
+    damaged = clip_parts(store)[corpus.synthetic[0].clip_id]
+    lost = {c for c, part in clip_parts(store).items() if part == damaged}
+    damaged.write_bytes(b"")
+    report = run_preprocess(corpus.manifest, store, preprocess_config(), progress=False)
+    assert report.computed == len(lost)
+    assert (store / feature_store.DAMAGED_DIR / damaged.name).is_file()
+    assert f"{damaged} cannot be read" in capsys.readouterr().out
+    assert sorted(raw_rows(store, ["clip_id"])["clip_id"]) == sorted(c.clip_id for c in corpus.clips)
+    assert report.failures == resumed.report.failures
+
+
 # ------------------------------------------------------------------ the job
 
 
@@ -412,3 +500,14 @@ def test_real_video_without_a_face_is_a_no_face_row(shared_data):
     row = featurize_clip(clip, "key", cfg, DlibBackend(cfg.landmarks))
     assert (row["status"], row["error_reason"]) == (feature_store.STATUS_ERROR, "no_face")
     assert "no_face_video" in row["error"] and str(video) in row["error"]
+
+
+def test_a_25_ms_clip_is_a_too_short_row_naming_the_file(tmp_path):
+    path = tmp_path / "blip.wav"
+    rate = 16000
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(0.025 * rate)) / rate), rate)
+    cfg = preprocess_config().features
+    row = featurize_clip(odd_clip("blip", path), "key", cfg, OpenFaceCSVBackend(cfg.landmarks))
+    assert (row["status"], row["error_reason"]) == (feature_store.STATUS_ERROR, "too_short")
+    assert "blip" in row["error"] and str(path) in row["error"] and "min_seconds" in row["error"]
+    assert row["logmel"] is None

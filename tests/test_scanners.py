@@ -4,6 +4,7 @@ media files are empty."""
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from collections import Counter
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from avser.data.corpora import SCANNERS, scan_corpus
+from avser import cli
+from avser.data.corpora import EXPECTED_FILES, SCANNERS, require_clips, scan_corpus
 from avser.data.cremad import scan_cremad
 from avser.data.enterface import scan_enterface
 from avser.data.iemocap import scan_iemocap, speaker_of
@@ -26,6 +28,7 @@ from avser.data.manifest import (
     UNKNOWN_LABEL,
     ScanResult,
     read_clips,
+    read_manifest,
     summarize_problems,
     write_manifest,
 )
@@ -376,6 +379,142 @@ def test_cremad_audio_only_and_flat_copy(cremad_root, tmp_path):
     flat = tmp_path / "flat"
     touch(flat, "1010_WSI_DIS_MD.wav")
     assert [c.label_name for c in scan_cremad(flat).clips] == ["disgust"]
+
+
+# ---------------------------------------------------------------- symbolic links
+
+
+def linked_copy(real: Path, link_root: Path, folders: list[str]) -> Path:
+    """``link_root`` holding a symbolic link per folder of ``real`` (how a
+    corpus spread over disks is often assembled)."""
+    link_root.mkdir()
+    for name in folders:
+        (link_root / name).symlink_to(real / name, target_is_directory=True)
+    return link_root
+
+
+def test_ravdess_actor_folders_as_symbolic_links(ravdess_root, tmp_path):
+    linked = linked_copy(ravdess_root, tmp_path / "linked", ["Actor_01", "Actor_02"])
+    direct, through_links = scan_ravdess(ravdess_root), scan_ravdess(linked)
+    assert sorted(by_id(through_links)) == sorted(by_id(direct)) and through_links.clips
+    assert through_links.problem_counts() == direct.problem_counts()
+    # Paths keep the link's name (where the user put the corpus).
+    assert all(c.audio_path or c.video_path for c in through_links.clips)
+    assert all(str(linked) in (c.audio_path or c.video_path) for c in through_links.clips)
+
+
+def test_real_ravdess_through_linked_actor_folders(shared_data, tmp_path):
+    real = shared_data / "ravdess-speech-16k"
+    actors = sorted(p.name for p in real.iterdir() if p.is_dir())
+    linked = linked_copy(real, tmp_path / "linked", actors)
+    assert len(scan_ravdess(linked).clips) == 960
+
+
+def test_a_symbolic_link_loop_is_read_once(ravdess_root):
+    before = scan_ravdess(ravdess_root)
+    (ravdess_root / "Actor_01" / "loop").symlink_to(ravdess_root, target_is_directory=True)
+    after = scan_ravdess(ravdess_root)  # terminates, and sees no file twice
+    assert after == before and len(after.clips) == 5
+
+
+def test_enterface_subject_folder_as_a_link(enterface_root, tmp_path):
+    base = enterface_root / "enterface database"
+    linked = linked_copy(base, tmp_path / "linked", [p.name for p in base.iterdir()])
+    assert sorted(by_id(scan_enterface(linked))) == sorted(by_id(scan_enterface(enterface_root)))
+
+
+def test_iemocap_linked_wav_folder_still_reports_unlabelled_files(iemocap_root, tmp_path):
+    wav = iemocap_root / "Session1/sentences/wav"
+    moved = tmp_path / "elsewhere"
+    (wav / "Ses01F_impro01").rename(moved)
+    (wav / "Ses01F_impro01").symlink_to(moved, target_is_directory=True)
+    result = scan_iemocap(iemocap_root)
+    assert problems_of(result, UNKNOWN_FILE) == ["Ses01F_impro01_F999.wav"]
+    assert "Ses01F_impro01_F000" in by_id(result)
+
+
+# ---------------------------------------------------------------- empty scans, bad manifests
+
+
+def test_a_scan_without_clips_names_the_root_and_the_expected_names(ravdess_root, tmp_path):
+    empty = tmp_path / "not-ravdess"
+    touch(empty, "readme.txt", "Actor_01/clip.wav")
+    result = scan_ravdess(empty)
+    with pytest.raises(AvserError, match=r"no ravdess clips found under .*not-ravdess.*"
+                                         r"03-01-06-01-02-01-01\.wav.*2 file\(s\) seen"):
+        require_clips("ravdess", empty, result)
+    for corpus in SCANNERS:
+        with pytest.raises(AvserError, match=f"expected {re.escape(EXPECTED_FILES[corpus])}"):
+            require_clips(corpus, tmp_path, ScanResult(clips=[]))
+    found = scan_ravdess(ravdess_root)
+    assert require_clips("ravdess", ravdess_root, found) is found
+
+
+def test_manifest_command_exits_2_without_writing_an_empty_manifest(tmp_path, capsys):
+    root = tmp_path / "corpus"
+    touch(root, "Actor_01/notes.txt")
+    out = tmp_path / "manifest.parquet"
+    argv = ["manifest", "--corpus", "ravdess", "--root", str(root), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(root) in err and "seven two-digit codes" in err
+    assert not out.exists()
+
+
+def test_manifest_command_with_linked_actor_folders(ravdess_root, tmp_path, capsys):
+    linked = linked_copy(ravdess_root, tmp_path / "linked", ["Actor_01", "Actor_02"])
+    out = tmp_path / "manifest.parquet"
+    assert cli.main(["manifest", "--corpus", "ravdess", "--root", str(linked), "--out", str(out)]) == 0
+    assert len(read_clips(out)) == 5
+
+
+@pytest.mark.parametrize("option, message", [
+    ("include_song", r"--option 'include_song' is not KEY=VALUE"),
+    ("=true", r"is not KEY=VALUE"),
+    ("modalities=[audio_only", r"--option 'modalities=\[audio_only'.*not valid YAML"),
+])
+def test_manifest_command_refuses_a_malformed_option(ravdess_root, tmp_path, capsys, option, message):
+    out = tmp_path / "manifest.parquet"
+    argv = ["manifest", "--corpus", "ravdess", "--root", str(ravdess_root), "--out", str(out),
+            "--option", option]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def bad_manifest(tmp_path: Path, column: str, value) -> Path:
+    frame = scan_ravdess_frame(tmp_path)
+    frame[column] = frame[column].astype(str)  # a column of text, as a hand-edited CSV makes
+    frame.loc[1, column] = value
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def scan_ravdess_frame(tmp_path: Path):
+    root = tmp_path / "r"
+    touch(root, "Actor_01/03-01-01-01-01-01-01.wav", "Actor_01/03-01-05-02-01-01-01.wav")
+    return scan_ravdess(root).to_frame()
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("label", "angry", r"label 'angry' is not an integer"),
+    ("label", "4.5", r"label '4.5' is not an integer"),
+    ("extra", "{not json", r"extra '\{not json' is not valid JSON"),
+    ("extra", "[1, 2]", r"extra must be a JSON object"),
+])
+def test_a_bad_manifest_row_names_the_file_and_the_clip(tmp_path, column, value, message):
+    path = bad_manifest(tmp_path, column, value)
+    with pytest.raises(AvserError, match=rf"manifest {re.escape(str(path))}: clip 03-01-05-02-01-01-01: {message}"):
+        read_manifest(path)
+    with pytest.raises(AvserError, match=message):
+        read_clips(path)
+
+
+def test_integral_labels_of_other_types_are_read(tmp_path):
+    path = bad_manifest(tmp_path, "label", "4")
+    assert [c.label for c in read_clips(path)] == [0, 4]
 
 
 # ---------------------------------------------------------------- registry

@@ -12,10 +12,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
+from avser.data import cremad, enterface, iemocap, ravdess
 from avser.data.cremad import scan_cremad
 from avser.data.enterface import scan_enterface
 from avser.data.iemocap import scan_iemocap
-from avser.data.manifest import ScanResult
+from avser.data.manifest import ScanResult, corpus_root
 from avser.data.ravdess import scan_ravdess
 from avser.errors import AvserError
 
@@ -46,6 +47,20 @@ SCANNERS: MappingProxyType[str, Scanner] = MappingProxyType(
 )
 
 
+# The file names each scanner keeps, for the message of a scan that found none.
+EXPECTED_FILES: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "ravdess": ravdess.EXPECTED_FILES,
+        "enterface": enterface.EXPECTED_FILES,
+        "iemocap": iemocap.EXPECTED_FILES,
+        "cremad": cremad.EXPECTED_FILES,
+        # Written here: the synthetic module is imported only on use.
+        "synthetic": "spkNN_<emotion>_NNNNN.mp4 (and .csv landmarks) beside corpus.json, "
+                     "as `avser synth --out DIR` writes them",
+    }
+)
+
+
 def scanner_for(name: str) -> Scanner:
     scanner = SCANNERS.get(name.strip().lower())
     if scanner is None:
@@ -72,3 +87,17 @@ def _check_options(name: str, scanner: Scanner, options: dict[str, Any]) -> None
             f"unknown option(s) {unknown} for corpus {name!r}; "
             f"its options are {accepted or 'none'}"
         )
+
+
+def require_clips(name: str, root: str | Path, result: ScanResult) -> ScanResult:
+    """``result``, or an error saying where the scan looked and what it expected
+    when it found no clip (a wrong root, or a corpus in another layout)."""
+    if result.clips:
+        return result
+    name = name.strip().lower()
+    seen = sum(result.problem_counts().values())
+    skipped = f"; {seen} file(s) seen were not clips: {result.problem_counts()}" if seen else ""
+    raise AvserError(
+        f"no {name} clips found under {corpus_root(root, name)} (symbolic links followed); "
+        f"expected {EXPECTED_FILES[name]}{skipped}; point the root at the folder that holds the corpus"
+    )

@@ -24,6 +24,10 @@ from avser.data.manifest import BAD_NAME, UNKNOWN_FILE, Clip, ScanProblem, ScanR
 from avser.errors import ClipError, UnknownLabelError
 
 CORPUS = "cremad"
+# What an empty scan says it looked for.
+EXPECTED_FILES = ("AudioWAV/<actor>_<sentence>_<emotion>_<intensity>.wav, e.g. "
+                  "AudioWAV/1001_DFA_ANG_XX.wav (or such wavs directly in the root), "
+                  "videos in VideoMP4/ or VideoFlash/")
 LABELS = ["anger", "disgust", "fear", "happy", "neutral", "sad"]
 EMOTION_CODES = {
     "ANG": "anger",

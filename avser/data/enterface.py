@@ -38,6 +38,9 @@ from avser.data.manifest import (
 )
 
 CORPUS = "enterface"
+# What an empty scan says it looked for.
+EXPECTED_FILES = ("subject N/<emotion>/sentence M/<file>.avi, "
+                  "e.g. subject 1/anger/sentence 1/s1_an_1.avi, at any depth")
 LABELS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 # The two-letter code each emotion has in the corpus's file names.
 EMOTION_CODES = {

@@ -33,11 +33,16 @@ from avser.data.manifest import (
     ScanProblem,
     ScanResult,
     corpus_root,
+    files_under,
     keep_first,
 )
 from avser.errors import AvserError
 
 CORPUS = "iemocap"
+# What an empty scan says it looked for.
+EXPECTED_FILES = ("SessionN/dialog/EmoEvaluation/<dialog>.txt labelling "
+                  "SessionN/sentences/wav/<dialog>/<utterance>.wav, e.g. "
+                  "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav")
 LABELS = ["neutral", "happy", "angry", "sad"]
 # Evaluation codes of the 4-class task.
 FOUR_CLASS = {"neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad"}
@@ -202,6 +207,6 @@ def _unlabelled_files(wav_dir: Path, labelled: set[str]) -> list[ScanProblem]:
         return []
     return [
         ScanProblem(str(path), "no EmoEvaluation line names this file", UNKNOWN_FILE)
-        for path in sorted(p for p in wav_dir.rglob("*") if p.is_file())
+        for path in files_under(wav_dir)
         if path.suffix.lower() != WAV_SUFFIX or path.stem not in labelled
     ]

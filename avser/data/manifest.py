@@ -69,10 +69,41 @@ class Clip:
         for key in ("audio_path", "video_path", "landmarks_path"):
             if values[key] is not None and pd.isna(values[key]):
                 values[key] = None
-        extra = values.get("extra")
-        values["extra"] = json.loads(extra) if isinstance(extra, str) and extra else {}
-        values["label"] = int(values["label"])
+        values["extra"] = _extra_of(values["clip_id"], values.get("extra"))
+        values["label"] = _label_of(values["clip_id"], values["label"])
         return cls(**values)
+
+
+_REMAKE = "re-create the manifest with `avser manifest`, or fix that row"
+
+
+def _label_of(clip_id: Any, raw: Any) -> int:
+    """The integer label index, or an error naming the clip (3.0 and "3" are 3; 3.5 is not)."""
+    try:
+        label = int(raw)
+        whole = not isinstance(raw, bool) and float(raw) == label
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise AvserError(f"clip {clip_id}: label {raw!r} is not an integer (the index of "
+                         f"label_name in the corpus's label list); {_REMAKE}")
+    return label
+
+
+def _extra_of(clip_id: Any, raw: Any) -> dict[str, Any]:
+    """The ``extra`` JSON object ({} when empty), or an error naming the clip."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        extra = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AvserError(f"clip {clip_id}: extra {raw[:60]!r} is not valid JSON ({exc}); "
+                         f"{_REMAKE}") from exc
+    if not isinstance(extra, dict):
+        raise AvserError(f"clip {clip_id}: extra must be a JSON object, got {raw[:60]!r}; {_REMAKE}")
+    return extra
 
 
 @dataclass
@@ -117,8 +148,22 @@ def corpus_root(root: str | Path, corpus: str) -> Path:
 
 
 def files_under(folder: Path) -> list[Path]:
-    """Every plain file below ``folder``, in a stable (sorted) order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Every plain file below ``folder``, in a stable (sorted) order.
+
+    Symbolic links are followed (a corpus copy often links its speaker
+    folders to another disk) and paths keep the links' names; a folder
+    reached twice (a link loop, or two links to one place) is read once.
+    """
+    files = []
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        stat = os.stat(top)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []  # and do not descend into it again
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        files.extend(path for name in names if (path := Path(top) / name).is_file())
+    return sorted(files)
 
 
 def keep_first(clips: Iterable[Clip]) -> tuple[list[Clip], list[ScanProblem]]:
@@ -167,11 +212,26 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             f"manifest {path} does not exist; create it with "
             "`avser manifest --corpus NAME --root DIR --out FILE`"
         )
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise AvserError(f"manifest {path} cannot be read as Parquet ({exc}); "
+                         "re-create it with `avser manifest`") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise AvserError(f"manifest {path} lacks columns {missing}; re-create it")
+    _check_rows(frame, path)
     return frame
+
+
+def _check_rows(frame: pd.DataFrame, path: Path) -> None:
+    """Every row must make a Clip: a bad label or extra is reported with the
+    file now, not as a bare error inside a preprocessing actor later."""
+    for row in frame.to_dict("records"):
+        try:
+            Clip.from_row(row)
+        except AvserError as exc:
+            raise AvserError(f"manifest {path}: {exc}") from exc
 
 
 def read_clips(path: str | Path) -> list[Clip]:

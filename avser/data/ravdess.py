@@ -39,6 +39,9 @@ from avser.data.manifest import (
 from avser.errors import AvserError, ClipError, UnknownLabelError
 
 CORPUS = "ravdess"
+# What an empty scan says it looked for.
+EXPECTED_FILES = ("files named by seven two-digit codes, e.g. "
+                  "Actor_01/03-01-06-01-02-01-01.wav (.wav, .flac or .mp4), at any depth")
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 EMOTION_CODES = {f"{i + 1:02d}": name for i, name in enumerate(LABELS)}
 MODALITIES = {"01": "audio_video", "02": "video_only", "03": "audio_only"}

@@ -20,7 +20,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from avser.errors import ConfigError, EmptyAudioError, UnreadableMediaError
+from avser.errors import ConfigError, EmptyAudioError, TooShortAudioError, UnreadableMediaError
 from avser.features.config import AudioConfig
 from avser.features.video import AudioTrack, decode_audio_track, require_file
 
@@ -45,6 +45,7 @@ def load_audio(
     sample_rate: int = AudioConfig.sample_rate,
     *,
     silence_rms: float = AudioConfig.silence_rms,
+    min_seconds: float = AudioConfig.min_seconds,
 ) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate``.
 
@@ -52,14 +53,15 @@ def load_audio(
     mp4/avi/mov/mkv, m4a...) with PyAV. Channels are averaged. Raises
     :class:`MissingFileError`, :class:`UnreadableMediaError` (corrupt,
     truncated or unsupported), :class:`NoAudioTrackError` (a video without
-    sound) or :class:`EmptyAudioError` (no samples, or RMS below
-    ``silence_rms``).
+    sound), :class:`EmptyAudioError` (no samples, or RMS below
+    ``silence_rms``) or :class:`TooShortAudioError` (under ``min_seconds``).
     """
     path = Path(path)
     require_file(path)
     track = _read_with_soundfile(path) or decode_audio_track(path)
     wave = track.samples.mean(axis=0, dtype=np.float32)
     _check_not_empty(path, wave, silence_rms)
+    _check_long_enough(path, len(wave) / track.sample_rate, min_seconds)
     if track.sample_rate != sample_rate:
         wave = librosa.resample(
             wave, orig_sr=track.sample_rate, target_sr=sample_rate, res_type=_RESAMPLER
@@ -124,6 +126,15 @@ def _check_not_empty(path: Path, wave: np.ndarray, silence_rms: float) -> None:
         )
 
 
+def _check_long_enough(path: Path, seconds: float, min_seconds: float) -> None:
+    if seconds < min_seconds:
+        raise TooShortAudioError(
+            path,
+            f"audio is {seconds:.3f} s long, shorter than audio.min_seconds {min_seconds:g} s",
+            "drop the clip from the manifest, or lower audio.min_seconds",
+        )
+
+
 # ---- 3D log-mel --------------------------------------------------------------
 
 
@@ -180,7 +191,8 @@ def _mel_power(wave: np.ndarray, win_length: int, cfg: AudioConfig) -> np.ndarra
 def load_logmel(path: str | Path, cfg: AudioConfig | None = None) -> np.ndarray:
     """:func:`load_audio` then :func:`logmel`, with one config."""
     cfg = cfg or AudioConfig()
-    wave = load_audio(path, cfg.sample_rate, silence_rms=cfg.silence_rms)
+    wave = load_audio(path, cfg.sample_rate, silence_rms=cfg.silence_rms,
+                      min_seconds=cfg.min_seconds)
     return logmel(wave, cfg)
 
 

@@ -64,7 +64,8 @@ def pad_keyframes(index: np.ndarray, k: int) -> np.ndarray:
 def extract_audio(clip: Clip, cfg: FeatureConfig, timings: dict[str, float]) -> np.ndarray:
     source = clip.audio_path or clip.video_path
     with _timed(timings, "audio_s"):
-        wave = load_audio(source, cfg.audio.sample_rate, silence_rms=cfg.audio.silence_rms)
+        wave = load_audio(source, cfg.audio.sample_rate, silence_rms=cfg.audio.silence_rms,
+                          min_seconds=cfg.audio.min_seconds)
         return logmel(wave, cfg.audio).astype(np.float16)
 
 

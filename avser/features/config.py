@@ -24,6 +24,9 @@ class AudioConfig:
     delta_width: int = 9
     # Utterances longer than this are cut (keeps the store compact); shorter are kept as is.
     max_seconds: float = 8.0
+    # Shorter audio is an error (too_short), not features: 25 ms makes 3 log-mel
+    # frames, which the RACNN input would stretch to 224 columns.
+    min_seconds: float = 0.5
     # RMS below this (full scale 1.0) counts as silence.
     silence_rms: float = 1e-4
 

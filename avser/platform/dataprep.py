@@ -45,10 +45,10 @@ def _ensure_synthetic_corpus(cfg: DataPrepConfig, progress: bool) -> None:
 
 def _update_manifest(cfg: DataPrepConfig) -> Path:
     """Rescan the corpus; rewrite the manifest only when its clips changed."""
-    from avser.data.corpora import scan_corpus
+    from avser.data.corpora import require_clips, scan_corpus
 
     manifest = Path(cfg.manifest)
-    scanned = scan_corpus(cfg.corpus, cfg.root).to_frame()
+    scanned = require_clips(cfg.corpus, cfg.root, scan_corpus(cfg.corpus, cfg.root)).to_frame()
     if manifest.is_file() and _same_clips(read_manifest(manifest), scanned):
         return manifest
     return write_manifest(scanned, manifest)

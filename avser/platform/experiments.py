@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from avser import config as configlib
 from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
+from avser.errors import AvserError
 from avser.features.config import AudioConfig
 from avser.models.config import ModelConfig
 from avser.platform import checkpoint, runs, tracking
@@ -74,25 +75,50 @@ def model_config_for(cfg: TrainConfig, n_classes: int) -> ModelConfig:
     return configlib.load_model_config(cfg.model_config, overrides)
 
 
-def _keep_clips(batch: pa.Table, ids: pa.Array) -> pa.Table:
-    return batch.filter(pc.is_in(batch["clip_id"], value_set=ids))
+def _keep_live_rows(batch: pa.Table, keys: pa.Array) -> pa.Table:
+    """The rows of ``batch`` whose ``part/clip_id`` is in ``keys``, without Ray's path column."""
+    part = pc.replace_substring_regex(batch["path"], pattern=r"^.*/", replacement="")
+    key = pc.binary_join_element_wise(part, batch["clip_id"], "/")
+    return batch.filter(pc.is_in(key, value_set=keys)).drop_columns(["path"])
+
+
+def _live_rows_of(store: str | Path, clip_ids: pd.Series) -> pd.DataFrame:
+    """``clip_id``, ``part`` and ``key`` (``part/clip_id``) of the live row of each of ``clip_ids``."""
+    live = feature_store.live_rows(store)
+    live = live[live["clip_id"].isin(clip_ids)]
+    if len(live) != clip_ids.nunique():
+        raise AvserError(
+            f"feature store {store} changed while it was being read (is jobs/preprocess.py "
+            "writing it?); start the training again once preprocessing has finished"
+        )
+    return live.assign(key=live["part"] + "/" + live["clip_id"])
 
 
 def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: TrainConfig) -> dict[str, Any]:
-    """Ray datasets of one split, read lazily from the store's part files."""
+    """Ray datasets of one split, read lazily from the store's part files.
+
+    Exactly the rows ``load_store_meta`` listed, once each: the raw parts may
+    also hold superseded rows of recomputed clips (a run stopped before its
+    compaction) and rows of clips the store's manifest no longer lists, so the
+    read keeps a row only when its (part file name, clip id) is one of the
+    store's live rows (``avser.data.store.live_rows``; a part holds a clip at
+    most once). Ray Data's ``include_paths`` column says which part a row came from.
+    """
     import ray.data
 
-    files = [str(p) for p in feature_store.part_files(store)]
+    live = _live_rows_of(store, meta["clip_id"])
+    files = [str(Path(store) / name) for name in sorted(live["part"].unique())]
     columns = stage_of(cfg.stage).store_columns
-    source = ray.data.read_parquet(files, num_cpus=cfg.data_cpus)
+    source = ray.data.read_parquet(files, include_paths=True, num_cpus=cfg.data_cpus)
     if columns:  # pushed down into the Parquet read by Ray Data's optimizer
-        source = source.select_columns(columns)
+        source = source.select_columns([*columns, "path"])
     datasets = {}
     for name, index in (("train", split.train), ("val", split.val), ("test", split.test)):
         if index is None or len(index) == 0:
             continue
-        ids = pa.array(sorted(meta["clip_id"].iloc[index]))
-        subset = source.map_batches(_keep_clips, fn_kwargs={"ids": ids},
+        in_split = live["clip_id"].isin(meta["clip_id"].iloc[index])
+        keys = pa.array(sorted(live.loc[in_split, "key"]), type=pa.string())
+        subset = source.map_batches(_keep_live_rows, fn_kwargs={"keys": keys},
                                     batch_format="pyarrow", batch_size=None, num_cpus=cfg.data_cpus)
         if name == "train":
             # Part files hold runs of one label: mix them once, globally, so no

@@ -1,11 +1,33 @@
-"""Shared command-line plumbing of the training jobs (jobs/*.py stay thin)."""
+"""Shared command-line plumbing of the jobs (jobs/*.py stay thin)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from typing import Callable
 
 from avser import config as configlib
+from avser.errors import EXIT_BAD_INPUT, AvserError, error_line
 from avser.platform.config import TrainConfig
+
+JobMain = Callable[[list[str] | None], int]
+
+
+def job_main(main: JobMain) -> JobMain:
+    """Decorate a job's ``main(argv)``: an ``AvserError`` (bad config, missing
+    file, ...) is one line on stderr and exit code 2, as in the ``avser``
+    command, instead of a traceback. Other exceptions are bugs: they keep theirs."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except AvserError as exc:
+            print(error_line(exc), file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+    return run
 
 
 def training_parser(description: str, default_config: str) -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ The per-clip feature functions run in ``map_batches`` on a fixed pool of CPU
 actors; each actor loads its landmark model once. Rows stream back to the
 driver, which writes them as part files every ``rows_per_part`` rows, so a
 crash loses at most one part's worth of work and a re-run computes only the
-clips whose ``source_key`` is not yet finished in the store.
+clips whose ``source_key`` is not yet finished in the store. One run at a
+time writes a store (``avser.data.store.writing``); a second is refused.
 """
 
 from __future__ import annotations
@@ -178,19 +179,27 @@ def _check_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 def run_preprocess(
     manifest_path: str | Path, store: str | Path, cfg: PreprocessConfig, progress: bool = True
 ) -> PreprocessReport:
-    """Compute every manifest clip not yet finished in ``store``; report failures by reason."""
+    """Compute every manifest clip not yet finished in ``store``; report failures by reason.
+
+    The run holds the store's writer lock throughout, and records the
+    manifest's clips first: from then on readers see only those clips.
+    """
     start = time.perf_counter()
     store = Path(store)
     manifest = read_manifest(manifest_path)
     _check_manifest(manifest, manifest_path)
-    todo = plan(manifest, store, cfg.features)
-    feature_store.save_feature_config(store, cfg.features)
-    first_rows_s = None
-    if len(todo):
-        first_rows_s = _stream_to_store(todo, store, cfg, progress) - start
+    with feature_store.writing(store):
+        feature_store.record_clips(store, manifest["clip_id"], manifest_path)
+        # A run that stopped between its last part and the compaction left
+        # superseded rows; readers skip them, and this removes them.
         feature_store.drop_superseded(store)
-    rows = feature_store.read_store(store, ["status", "error", "error_reason"])
-    rows = rows[rows["clip_id"].isin(manifest["clip_id"])]
+        todo = plan(manifest, store, cfg.features)
+        feature_store.save_feature_config(store, cfg.features)
+        first_rows_s = None
+        if len(todo):
+            first_rows_s = _stream_to_store(todo, store, cfg, progress) - start
+            feature_store.drop_superseded(store)
+        rows = feature_store.read_store(store, ["status", "error", "error_reason"])
     failed = rows[rows["status"] != feature_store.STATUS_OK]
     return PreprocessReport(
         total=len(manifest),

@@ -19,6 +19,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
 from avser.errors import AvserError
@@ -196,17 +197,46 @@ def register_version(run_id: str, model: torch.nn.Module, input_example: Mapping
     return register_model(uri, name, alias=CANDIDATE_ALIAS, tags={**tags, BUNDLE_TAG: artifact})
 
 
-def model_version(name: str, alias_or_version: str):
-    """The registry's version record; a clear error when there is none."""
+def _registered_names() -> list[str]:
+    try:
+        return sorted(m.name for m in tracking.client().search_registered_models())
+    except MlflowException:
+        return []
+
+
+def _not_found(what: str, exc: MlflowException) -> AvserError:
+    names = _registered_names()
+    held = f"it holds {names}" if names else "it holds no registered model"
+    return AvserError(
+        f"{what} is not in the registry at {tracking.tracking_uri()} "
+        f"({exc.message.splitlines()[0]}); {held}: check the name, alias and version, "
+        "or set MLFLOW_TRACKING_URI to the store the model was registered in"
+    )
+
+
+def model_version(name: str, alias_or_version: str | int):
+    """The registry's version record (by number or alias); a clear error when there is none."""
     mlflow_client = tracking.client()
     try:
         if str(alias_or_version).isdigit():
             return mlflow_client.get_model_version(name, str(alias_or_version))
-        return mlflow_client.get_model_version_by_alias(name, alias_or_version)
-    except mlflow.exceptions.MlflowException as exc:
-        raise AvserError(f"no registered model version {name}@{alias_or_version} in "
-                         f"{tracking.tracking_uri()} ({exc.message.splitlines()[0]}); list them in "
-                         "the MLflow UI or set MLFLOW_TRACKING_URI to the right store") from exc
+        return mlflow_client.get_model_version_by_alias(name, str(alias_or_version))
+    except MlflowException as exc:
+        what = (f"model {name} version {alias_or_version}" if str(alias_or_version).isdigit()
+                else f"{name}@{alias_or_version}")
+        raise _not_found(what, exc) from exc
+
+
+def promote(name: str, alias: str, source: str = CANDIDATE_ALIAS,
+            version: str | int | None = None) -> str:
+    """Give ``version`` (default: the version ``name@source`` points at) the
+    alias ``alias``; returns the version."""
+    found = model_version(name, version if version is not None else source).version
+    try:
+        set_alias(name, alias, found)
+    except MlflowException as exc:
+        raise _not_found(f"model {name} version {found}", exc) from exc
+    return str(found)
 
 
 def download_bundle(name: str, alias_or_version: str) -> str:
