@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from avser import config as configlib
 from avser.data import store_io
+from avser.data.fingerprint import file_fingerprint
 from avser.data.manifest import Clip
 from avser.errors import AvserError
 from avser.features.config import FeatureConfig
@@ -92,21 +93,11 @@ SCHEMA = pa.schema(
 )
 
 
-def _file_fingerprint(path: str | None) -> list[Any]:
-    if not path:
-        return [None]
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return [path, None, None]
-    return [path, stat.st_size, int(stat.st_mtime)]
-
-
 def source_key(clip: Clip, config_hash: str) -> str:
     """What a stored row was computed from; a change to any part recomputes it."""
     parts = [config_hash, clip.label, clip.label_name]
     for path in (clip.audio_path, clip.video_path, clip.landmarks_path):
-        parts.extend(_file_fingerprint(path))
+        parts.extend(file_fingerprint(path) if path else [None])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 

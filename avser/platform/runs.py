@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 import avser
+from avser.data.fingerprint import file_fingerprint
 from avser.data.manifest import COLUMNS as MANIFEST_COLUMNS
 from avser.platform import tracking
 
@@ -90,11 +91,8 @@ def git_commit(repo: str | Path | None = None) -> str:
 
 
 def _file_fingerprint(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError:
-        return f"{path}\tmissing"
-    return f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}"
+    name, size, mtime_ns = file_fingerprint(path)
+    return f"{name}\tmissing" if size is None else f"{name}\t{size}\t{mtime_ns}"
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
