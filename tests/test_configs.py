@@ -75,3 +75,14 @@ def test_nested_sections_and_tuples_convert() -> None:
 def test_out_of_range_and_unknown_choices_are_refused_on_load(cls, override, named) -> None:
     with pytest.raises(ConfigError, match=named):
         configlib.load(cls, None, [override])
+
+
+def test_tune_samples_reach_the_config_as_typed_values() -> None:
+    from avser.platform.tune import apply_params
+
+    # 1e-05 printed and read back as YAML would be the string '1e-05'.
+    cfg = apply_params(TrainConfig(), {"optim.lr": 1e-05, "optim.batch_size": 16,
+                                       "model.fusion.w": 0.25})
+    assert cfg.optim.lr == 1e-05 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.batch_size == 16
+    assert cfg.model_overrides[-1] == "fusion.w=0.25"
