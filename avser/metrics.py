@@ -128,6 +128,11 @@ def _save(figure: Figure, path: str | Path) -> Path:
     return path
 
 
+def _recall_label(name: str, correct: int, total: int) -> str:
+    """A true class's tick: its name and recall (a dash when it has no clips)."""
+    return f"{name} (-)" if total == 0 else f"{name} ({100 * correct / total:.0f}%)"
+
+
 def plot_confusion(cm, label_names: Sequence[str], path: str | Path, title: str = "") -> Path:
     """PNG of a confusion matrix: colour = row-normalised recall, text = counts."""
     counts = np.asarray(cm)
@@ -147,9 +152,10 @@ def plot_confusion(cm, label_names: Sequence[str], path: str | Path, title: str 
         axes.text(col, row, str(int(count)), ha="center", va="center", color=colour)
     ticks = np.arange(len(names))
     axes.set_xticks(ticks, names, rotation=45, ha="right")
-    axes.set_yticks(ticks, names)
+    axes.set_yticks(ticks, [_recall_label(name, counts[i, i], counts[i].sum())
+                            for i, name in enumerate(names)])
     axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    axes.set_ylabel("true (recall)")
     axes.set_title(title)
     return _save(figure, path)
 

@@ -137,3 +137,10 @@ def test_curves_put_each_kind_of_series_on_its_own_axes():
     assert set(panels["score"]) == {"val_ua"}
     assert set(panels["seconds per epoch"]) == {"epoch_seconds"}
     assert set(panels["learning rate"]) == {"lr"}
+
+
+def test_confusion_ticks_carry_each_true_class_recall():
+    from avser.metrics import _recall_label
+
+    assert _recall_label("angry", 3, 4) == "angry (75%)"
+    assert _recall_label("sad", 0, 0) == "sad (-)"
