@@ -29,14 +29,25 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = "configs/tune_smoke.yaml"
 
 
-def smoke_overrides(root: Path, name: str, samples: int) -> list[str]:
+SMOKE_TRAIN = ["optim.max_epochs=2", "optim.batch_size=8", "max_failures=0"]
+# Two DDP workers on 2 CPUs leave room for the trial driver and Ray Data reads.
+TWO_WORKERS = ["num_workers=2", "cpus_per_worker=0.5"]
+
+
+def smoke_overrides(root: Path, name: str, samples: int, workers: int = 1) -> list[str]:
     """Absolute paths: a submitted job runs in a copy of the working dir."""
+    train = SMOKE_TRAIN + (TWO_WORKERS if workers == 2 else [])
     values = {
         "data.root": root / "synthetic", "data.manifest": root / "manifest.parquet",
         "data.store": root / "store", "storage_path": root / "ray_results",
-        "name": name, "num_samples": samples,
+        "name": name, "num_samples": samples, "train_overrides": f"[{', '.join(train)}]",
     }
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def train_runs_of(root: Path, name: str) -> list[Path]:
+    """The Ray Train runs a search started (Train-inside-Tune trials only)."""
+    return sorted((root / "ray_results" / f"{name}-trials").glob(f"{name}-*"))
 
 
 def mlflow_client(uri: str):
@@ -103,21 +114,39 @@ def test_submitted_search_registers_the_best_model(cluster):
     version = client.get_model_version_by_alias("avser", "candidate")
     assert version.tags["parent_run_id"] == parent.info.run_id
     assert float(version.tags["klda_gamma"]) == pytest.approx(best["klda.gamma"])
+    # Single-worker trials trained inside the trial: no Ray Train run was started.
+    assert train_runs_of(cluster["root"], name) == []
+
+
+def test_two_worker_trials_report_to_tune_through_ray_train(tmp_path):
+    name = "tune-ddp"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    command = [sys.executable, "jobs/tune_fusion.py", "--config", SMOKE,
+               *smoke_overrides(tmp_path, name, samples=1, workers=2)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    parent, children = search_runs(env["MLFLOW_TRACKING_URI"], "avser-tune-smoke", name)
+    assert [c.info.status for c in children] == ["FINISHED"]
+    assert parent.data.metrics["best_network_val_ua"] >= 0
+    (train_run,) = train_runs_of(tmp_path, name)  # the trial drove a Ray Train run
+    assert any(train_run.glob("checkpoint_*/hybrid_features.npz"))
 
 
 def _finished_trials(root: Path, name: str) -> int:
     """Trials whose training ran to its end: their final checkpoint holds the
-    cached hybrid features."""
-    runs = (root / "ray_results" / f"{name}-trials").glob(f"{name}-*")
+    cached hybrid features (in the Train run of a multi-worker trial, in
+    Tune's trial folder for a trial that trained itself)."""
+    runs = train_runs_of(root, name) + sorted((root / "ray_results" / name).glob("*"))
     return sum(any(run.glob("checkpoint_*/hybrid_features.npz")) for run in runs)
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_without_duplicates(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_search_resumes_without_duplicates(tmp_path, workers):
     name, samples = "tune-resume", 3
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     command = [sys.executable, "jobs/tune_fusion.py", "--config", SMOKE,
-               *smoke_overrides(tmp_path, name, samples)]
+               *smoke_overrides(tmp_path, name, samples, workers)]
     first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600

@@ -66,6 +66,15 @@ def _loop_seconds(result) -> float:
     return float(history["epoch_seconds"].sum())
 
 
+def _final_checkpoint(result) -> str | None:
+    """Where a finished trial's final checkpoint is: reported by its Train run
+    (Train-inside-Tune), or Tune's own checkpoint (a trial that trained itself)."""
+    path = (result.metrics or {}).get(CHECKPOINT_KEY)
+    if path is None and result.checkpoint is not None:
+        path = result.checkpoint.path
+    return path
+
+
 def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
     rows = []
     for result in grid:
@@ -74,7 +83,7 @@ def trial_table(grid, space_keys: list[str]) -> pd.DataFrame:
                "finished": bool(metrics.get(FINISHED_KEY)), "epochs": metrics.get("training_iteration"),
                "val_ua": metrics.get("final_val_ua", metrics.get("val_ua")),
                "test_ua": metrics.get("test_ua"), "klda_val_ua": metrics.get("klda_val_ua"),
-               CHECKPOINT_KEY: metrics.get(CHECKPOINT_KEY) if metrics.get(FINISHED_KEY) else None,
+               CHECKPOINT_KEY: _final_checkpoint(result) if metrics.get(FINISHED_KEY) else None,
                "error": str(result.error) if result.error else None,
                "trial_seconds": metrics.get("time_total_s"),
                "loop_seconds": _loop_seconds(result)}
@@ -154,6 +163,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     job = TuneJob(base=configlib.to_dict(base), datasets=datasets_for(store, setup.meta, split, base),
                   label_names=labels, name=tcfg.name,
                   storage_path=f"{storage_uri(tcfg.storage_path)}/{tcfg.name}-trials",
+                  in_trial=tcfg.single_worker_in_trial,
                   tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
                                               register=False),
                   audio_cfg=feature_store.load_feature_config(store).audio)

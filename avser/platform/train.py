@@ -1,9 +1,11 @@
-"""Ray Train: the per-worker training loop.
+"""The per-worker training loop.
 
-``train_loop_per_worker`` only talks to ``ray.train`` (dataset shards,
-report, checkpoints); :mod:`avser.platform.trainer` builds the
-``TorchTrainer`` that runs it, and :mod:`avser.platform.epochs` holds the
-epoch itself. One loop serves every stage (:mod:`avser.platform.stages`).
+``run_loop`` talks only to its session (:mod:`avser.platform.session`):
+dataset shards, report, checkpoints. ``train_loop_per_worker`` runs it in a
+Ray Train worker (:mod:`avser.platform.trainer` builds the ``TorchTrainer``);
+a single-worker Tune trial runs it in the trial itself. The epoch is in
+:mod:`avser.platform.epochs`. One loop serves every stage
+(:mod:`avser.platform.stages`).
 
 Fault tolerance: a checkpoint every epoch; Ray Train restores the latest
 one when a worker fails (``FailureConfig``) or when the same run (same
@@ -25,15 +27,13 @@ from typing import Any
 import torch
 
 import ray.data
-import ray.train
-import ray.train.torch
-from ray.train import Checkpoint
 
 from avser import recipe
 from avser.platform import checkpoint, finalize, tracking
 from avser.platform.checkpoint import LoopState
 from avser.platform.epochs import (LoopContext, effective_config, evaluate, evaluation_model,
                                    predict, track_best, train_one_epoch, unwrap)
+from avser.platform.session import LoopSession, TrainWorkerSession
 from avser.platform.stages import build_stage_model
 
 # Marks the final report of a run that trained to its end. Not "done": Tune
@@ -41,28 +41,21 @@ from avser.platform.stages import build_stage_model
 FINISHED_KEY = "training_finished"
 
 
-def _world_rank() -> int:
-    return ray.train.get_context().get_world_rank()
-
-
-def _is_rank_zero() -> bool:
-    return _world_rank() == 0
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
 def _save_checkpoint(ctx, model, optimizer, state: LoopState, best_state, folder: str,
-                     ema: recipe.WeightEMA | None) -> Checkpoint:
-    checkpoint.save(folder, unwrap(model).state_dict(), state, effective_config(ctx.cfg, ctx.model_cfg), optimizer,
-                    best_state, ema.state if ema is not None else None)
-    return Checkpoint.from_directory(folder)
+                     ema: recipe.WeightEMA | None) -> str:
+    checkpoint.save(folder, unwrap(model).state_dict(), state,
+                    effective_config(ctx.cfg, ctx.model_cfg), optimizer, best_state,
+                    ema.state if ema is not None else None)
+    return folder
 
 
-def _restore(ctx: LoopContext, model, optimizer, ema: recipe.WeightEMA | None
-             ) -> tuple[LoopState, dict | None]:
+def _restore(ctx: LoopContext, session: LoopSession, model, optimizer,
+             ema: recipe.WeightEMA | None) -> tuple[LoopState, dict | None]:
     """The latest checkpoint Ray hands back (none: a fresh start)."""
-    latest = ray.train.get_checkpoint()
+    latest = session.latest_checkpoint()
     if latest is None:
         return LoopState(), None
     with latest.as_directory() as folder:
@@ -100,47 +93,51 @@ def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
     return {int(m.step) for m in history if m.step >= state.epoch}
 
 
-def _record_shard(ctx: LoopContext, seen_ids: list[str]) -> None:
+def _record_shard(ctx: LoopContext, rank: int, seen_ids: list[str]) -> None:
     folder = ctx.tracking.shard_log_dir
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        Path(folder, f"rank{_world_rank()}.json").write_text(json.dumps(sorted(seen_ids)))
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(sorted(seen_ids)))
 
 
 # ---------------------------------------------------------------- the loop
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    ctx = LoopContext.from_loop_config(loop_config)
+    """The Ray Train entry point: the loop in a Train worker."""
+    run_loop(LoopContext.from_loop_config(loop_config), TrainWorkerSession())
+
+
+def run_loop(ctx: LoopContext, session: LoopSession) -> None:
+    """Train ``ctx``'s run to its end (or its early stop) in ``session``,
+    resuming from the session's latest checkpoint."""
     # The loop prints one line per epoch; Ray Data's bars for every pass over
     # the validation and test sets would bury it in the job log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     torch.manual_seed(ctx.cfg.seed)
     if ctx.cfg.torch_threads:
         torch.set_num_threads(ctx.cfg.torch_threads)
-    device = ray.train.torch.get_device()
+    device = session.device()
     model = build_stage_model(ctx.stage, ctx.model_cfg, ctx.cfg.init)
     optimizer = recipe.make_optimizer(model, ctx.cfg.optim)
     ema = recipe.WeightEMA(model, ctx.cfg.optim.ema_decay) if ctx.cfg.optim.ema_decay > 0 else None
-    state, best_state = _restore(ctx, model, optimizer, ema)
+    state, best_state = _restore(ctx, session, model, optimizer, ema)
     if state.final_metrics is not None:
-        _report_finished(state)
+        _report_finished(session, state)
         return
     # The fusion model leaves branches unused on batches without faces.
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": ctx.stage.with_visual})
-    logged_epochs = _start_tracking(ctx, state) if _is_rank_zero() else set()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")
+    model = session.prepare_model(model, find_unused_parameters=ctx.stage.with_visual)
+    logged_epochs = _start_tracking(ctx, state) if session.rank == 0 else set()
+    train_shard, val_data = session.dataset("train"), session.dataset("val")
 
     while state.epoch < ctx.cfg.optim.max_epochs and state.stale_epochs < ctx.cfg.optim.patience:
         epoch = state.epoch
         seen = [] if epoch == 0 else None
         started = time.perf_counter()
         metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen, ema,
-                                  _world_rank())
+                                  session.rank)
         if seen is not None:
-            _record_shard(ctx, seen)
+            _record_shard(ctx, session.rank, seen)
         # Every rank scores the whole (unsplit) validation set, so every rank
         # takes the same early-stopping decision without a collective.
         scored = evaluation_model(model, ema)
@@ -151,30 +148,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         best_state = track_best(state, ctx.cfg.optim, metrics, scored, best_state, epoch)
         state.record(metrics)
         metrics["epoch"] = epoch
-        _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs, ema)
+        _report_epoch(ctx, session, model, optimizer, state, best_state, metrics, logged_epochs, ema)
 
-    if not _is_rank_zero():
-        ray.train.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
+    if session.rank != 0:
+        session.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
         return
     with tempfile.TemporaryDirectory() as folder:
-        final = _finish(ctx, model, best_state, state, device, folder)
-        ray.train.report({**final, "epoch": state.epoch - 1, FINISHED_KEY: 1},
-                         checkpoint=Checkpoint.from_directory(folder))
+        final = _finish(ctx, session, model, best_state, state, device, folder)
+        session.report({**final, "epoch": state.epoch - 1, FINISHED_KEY: 1}, folder=folder)
 
 
-def _report_finished(state: LoopState) -> None:
+def _report_finished(session: LoopSession, state: LoopState) -> None:
     """The run had already finished: report its result again, redo nothing."""
-    if not _is_rank_zero():
-        ray.train.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
+    if session.rank != 0:
+        session.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
         return
-    ray.train.report({**state.final_metrics, "epoch": state.epoch - 1, FINISHED_KEY: 1},
-                     checkpoint=ray.train.get_checkpoint())
+    session.report({**state.final_metrics, "epoch": state.epoch - 1, FINISHED_KEY: 1},
+                   checkpoint=session.latest_checkpoint())
 
 
-def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epochs: set[int],
-                  ema: recipe.WeightEMA | None = None) -> None:
-    if not _is_rank_zero():
-        ray.train.report(metrics)
+def _report_epoch(ctx, session: LoopSession, model, optimizer, state, best_state, metrics,
+                  logged_epochs: set[int], ema: recipe.WeightEMA | None = None) -> None:
+    if session.rank != 0:
+        session.report(metrics)
         return
     if metrics["epoch"] not in logged_epochs:
         tracking.log_metrics(state.mlflow_run_id, metrics, step=metrics["epoch"])
@@ -182,11 +178,12 @@ def _report_epoch(ctx, model, optimizer, state, best_state, metrics, logged_epoc
           f"val loss {metrics['val_loss']:.3f}, val UA {metrics['val_ua']:.3f} "
           f"({metrics['epoch_seconds']:.1f} s)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        ray.train.report(metrics, checkpoint=_save_checkpoint(ctx, model, optimizer, state,
-                                                              best_state, folder, ema))
+        session.report(metrics, folder=_save_checkpoint(ctx, model, optimizer, state, best_state,
+                                                        folder, ema))
 
 
-def _finish(ctx: LoopContext, model, best_state, state: LoopState, device, folder: str) -> dict[str, float]:
+def _finish(ctx: LoopContext, session: LoopSession, model, best_state, state: LoopState, device,
+            folder: str) -> dict[str, float]:
     """Rank 0, after the last epoch: best weights -> test metrics, KLDA head,
     artifacts, model logging and registration; the final checkpoint (best
     weights, cached hybrid features) is written to ``folder``."""
@@ -195,14 +192,7 @@ def _finish(ctx: LoopContext, model, best_state, state: LoopState, device, folde
         model.load_state_dict(best_state)
     # "train_eval" is the whole (unsplit) training set: the KLDA head is fitted
     # on every training clip, not on rank 0's shard.
-    splits = {name: predict(model, ray.train.get_dataset_shard(source), ctx, device)
+    splits = {name: predict(model, session.dataset(source), ctx, device)
               for name, source in (("train", "train_eval"), ("val", "val"), ("test", "test"))
-              if _has_dataset(source)}
+              if session.dataset(source) is not None}
     return finalize.finish_run(ctx, model, splits, state, folder)
-
-
-def _has_dataset(name: str) -> bool:
-    try:
-        return ray.train.get_dataset_shard(name) is not None
-    except (KeyError, ValueError, RuntimeError):
-        return False

@@ -1,7 +1,8 @@
 """Ray Tune + Optuna: the two-stage search of the audio-visual model.
 
-Stage 1 (network): every trial is a Ray Train run launched by
-``trial_driver`` (Ray's Train-inside-Tune pattern); OptunaSearch (TPE,
+Stage 1 (network): every trial trains the network, in the trial itself when
+it has one worker, or as a Ray Train run launched by ``trial_driver`` (Ray's
+Train-inside-Tune pattern) when it has more; OptunaSearch (TPE,
 seeded) proposes learning rate, fusion weight, GRU size and dropout, ASHA
 stops weak trials early on validation UA.
 
@@ -83,6 +84,9 @@ class TuneConfig:
     # The trial driver only waits on its TorchTrainer; Tune refuses 0, so a sliver.
     driver_cpus: float = 0.01
     register_as: str = "avser"
+    # A one-worker trial trains inside the Tune trial (no Train controller or
+    # worker group to start); false gives it a Ray Train run as well.
+    single_worker_in_trial: bool = True
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.max_concurrent_trials < 1 or self.max_failures < 0:
@@ -150,17 +154,19 @@ class TuneJob:
     tracking: TrackingInfo
     name: str
     storage_path: str  # where each trial's Ray Train run keeps its checkpoints
+    in_trial: bool = True  # TuneConfig.single_worker_in_trial
     audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
 
 
 def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
-    """One Tune trial = one Ray Train run, named after the trial id (no
-    timestamps), so a restored trial resumes its own checkpoints."""
+    """One Tune trial. With one worker the per-worker loop runs right here,
+    reporting to Tune; with more, the trial drives a Ray Train run named
+    after the trial id (no timestamps), so a restored trial resumes its own
+    checkpoints either way."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
+    from avser.platform.epochs import LoopContext
     from avser.platform.experiments import loop_config_for, model_config_for
-    from avser.platform.trainer import trainer_for
 
     cfg = apply_params(configlib.from_dict(TrainConfig, job.base), params)
     cfg = replace(cfg, storage_path=job.storage_path)
@@ -169,7 +175,29 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     run_name = f"{job.name}-{trial_id}"
     loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name,
                                   job.tracking.with_tags(trial_id=trial_id), job.audio_cfg)
+    if trains_in_trial(cfg, job.in_trial):
+        from avser.platform.session import TuneTrialSession
+        from avser.platform.train import run_loop
+
+        run_loop(LoopContext.from_loop_config(loop_config), TuneTrialSession(job.datasets, cfg.use_gpu))
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from avser.platform.trainer import trainer_for
+
     trainer_for(loop_config, job.datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
+
+
+def trains_in_trial(cfg: TrainConfig, in_trial: bool) -> bool:
+    return in_trial and cfg.num_workers == 1
+
+
+def trial_resources(tcfg: TuneConfig, base: TrainConfig) -> dict[str, float]:
+    """A trial that trains in its own process needs the worker's CPUs (and
+    GPU); a Train-inside-Tune trial only waits on its workers."""
+    if not trains_in_trial(base, tcfg.single_worker_in_trial):
+        return {"CPU": tcfg.driver_cpus}
+    return {"CPU": base.cpus_per_worker, **({"GPU": 1} if base.use_gpu else {})}
 
 
 def build_tuner(tcfg: TuneConfig, job: TuneJob):
@@ -178,14 +206,14 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    base = configlib.from_dict(TrainConfig, job.base)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, job=job),
-                                    {"CPU": tcfg.driver_cpus})
+                                    trial_resources(tcfg, base))
     storage = storage_uri(tcfg.storage_path)
     path = f"{storage}/{tcfg.name}"
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True), True
-    base = configlib.from_dict(TrainConfig, job.base)
     searcher = OptunaSearch(seed=tcfg.seed)
     # Reports = epochs + one final report; max_t beyond that, so ASHA never
     # stops a trial that is finishing on its own.
@@ -198,7 +226,9 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
                                     scheduler=scheduler, num_samples=tcfg.num_samples,
                                     max_concurrent_trials=tcfg.max_concurrent_trials),
         run_config=tune.RunConfig(name=tcfg.name, storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=tcfg.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
+                                  # Trials that train themselves checkpoint through Tune.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     return tuner, False
 
