@@ -123,3 +123,55 @@ def test_mixup_makes_soft_targets_and_zero_alpha_is_identity() -> None:
 def test_bad_strengths_are_config_errors(bad) -> None:
     with pytest.raises(ConfigError, match="augment"):
         SpeechAugmentConfig(**bad)
+
+
+def speech_rows(n: int = 6, seed: int = 0):
+    """Store-shaped rows of random log-mels (what FrameBatches iterates)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    mels = [rng.normal(size=(3, 40, int(rng.integers(60, 120)))).astype(np.float16) for _ in range(n)]
+    return pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "label": [i % 3 for i in range(n)],
+                         "logmel": [m.tobytes() for m in mels],
+                         "logmel_shape": [list(m.shape) for m in mels]})
+
+
+def tiny_speech_context(augment: bool):
+    from pathlib import Path
+
+    from avser import config as configlib
+    from avser.config import load_model_config
+    from avser.platform.config import TrainConfig
+    from avser.platform.epochs import LoopContext
+    from avser.platform.runs import TrackingInfo
+
+    repo = Path(__file__).resolve().parents[1]
+    model_cfg = load_model_config(repo / "configs/model/tiny.yaml", ["racnn.n_classes=3"])
+    cfg = configlib.load(TrainConfig, None, [f"augment.enabled={str(augment).lower()}",
+                                             "stage=pretrain", "optim.batch_size=4",
+                                             "mixed_precision=fp32"])
+    return LoopContext(cfg, model_cfg, ["a", "b", "c"], "aug-test", TrackingInfo("none", "none"))
+
+
+def test_augmentation_acts_on_training_batches_only() -> None:
+    from avser.batches import FrameBatches
+    from avser.models.factory import SPEECH, build_network
+    from avser.platform.epochs import predict, train_one_epoch
+
+    rows = FrameBatches(speech_rows())
+    on, off_ctx = tiny_speech_context(True), tiny_speech_context(False)
+    torch.manual_seed(0)
+    model = build_network(SPEECH, on.model_cfg)
+    scored_on = predict(model, rows, on, torch.device("cpu"))["logits"]
+    scored_off = predict(model, rows, off_ctx, torch.device("cpu"))["logits"]
+    assert (scored_on == scored_off).all()  # evaluation never augments
+
+    def one_epoch(ctx):
+        torch.manual_seed(0)
+        net = build_network(SPEECH, ctx.model_cfg)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        return train_one_epoch(net, optimizer, rows, ctx, torch.device("cpu"), epoch=0)["train_loss"]
+
+    assert one_epoch(on) == one_epoch(on)  # seeded: the same epoch twice
+    assert one_epoch(on) != one_epoch(off_ctx)  # and training batches are augmented
