@@ -316,3 +316,19 @@ def test_standard_tags():
     assert tags["avser.data_hash"] == "abc123"
     assert tags["config_hash"] == "42"
     assert tags["mlflow.source.git.commit"] == runs.git_commit()
+
+
+def test_a_run_registers_at_most_one_version(store, inputs, tmp_path):
+    torch.manual_seed(SEED)
+    model = SpeechOnly()
+    speech = {"speech": inputs["speech"]}
+    bundle = tmp_path / "model.avser.pt"
+    torch.save({"format": "stand-in"}, bundle)  # register_version only uploads the file
+    run_id = tracking.start_run(EXPERIMENT, "idempotent", "idempotent")
+    first = registry.register_version(run_id, model, speech, "avser-once", bundle, {"stage": "x"})
+    again = registry.register_version(run_id, model, speech, "avser-once", bundle, {"stage": "x"})
+    assert again == first
+    versions = tracking.client().search_model_versions("name='avser-once'")
+    assert [int(v.version) for v in versions] == [first]
+    other_run = tracking.start_run(EXPERIMENT, "idempotent-2", "idempotent-2")
+    assert registry.register_version(other_run, model, speech, "avser-once", bundle, {}) == first + 1

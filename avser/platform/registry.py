@@ -188,10 +188,24 @@ def load_torch_model(model_uri: str, device: str = DEFAULT_DEVICE) -> torch.nn.M
     return wrapper.module
 
 
+def registered_version_of(name: str, run_id: str) -> int | None:
+    """The version of ``name`` that run ``run_id`` already registered, if any."""
+    try:
+        found = tracking.client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min((int(v.version) for v in found), default=None)
+
+
 def register_version(run_id: str, model: torch.nn.Module, input_example: Mapping[str, np.ndarray],
                      name: str, bundle_path: str | Path, tags: Mapping[str, Any]) -> int:
     """Log ``model`` and its bundle under ``run_id`` and register them as a
-    new version of ``name`` with the ``candidate`` alias."""
+    new version of ``name`` with the ``candidate`` alias. Idempotent: a run
+    that registered before (killed after registering, resumed, or a finished
+    search run again) gets its version back, and nothing new is logged."""
+    existing = registered_version_of(name, run_id)
+    if existing is not None:
+        return existing
     artifact = tracking.log_artifact_file(run_id, bundle_path, BUNDLE_ARTIFACT_DIR)
     uri = log_torch_model(run_id, model.eval(), input_example)
     return register_model(uri, name, alias=CANDIDATE_ALIAS, tags={**tags, BUNDLE_TAG: artifact})
