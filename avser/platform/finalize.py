@@ -85,7 +85,8 @@ def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     # there it is the best epoch's (restored weights) validation UA. Not logged
     # above: in MLflow val_ua is the per-epoch curve, and this step is no epoch.
     metrics["val_ua"] = metrics.get("final_val_ua", float("nan"))
-    _log_figures(run_id, ctx, splits, state.history)
+    if ctx.tracking.figures:
+        _log_figures(run_id, ctx, splits, state.history)
     if ctx.tracking.register:
         metrics["model_version"] = float(register(ctx, model, run_id, bundle_path))
     tracking.finish_run(run_id)

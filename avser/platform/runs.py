@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from collections.abc import Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,14 @@ class TrackingInfo:
     tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None
     register: bool = True  # log and register the model at the end
+    # Curves and confusion PNGs at the end; search trials skip them (their
+    # metrics are in MLflow, and the search's parent run gets the plots).
+    figures: bool = True
     # Diagnostics: each rank writes the clip ids of its first epoch here.
     shard_log_dir: str | None = None
 
     def with_tags(self, **extra: str) -> "TrackingInfo":
-        return TrackingInfo(self.experiment, self.uri, {**self.tags, **extra}, self.parent_run_id,
-                            self.register, self.shard_log_dir)
+        return dataclasses.replace(self, tags={**self.tags, **extra})
 
 
 @dataclass

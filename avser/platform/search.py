@@ -165,7 +165,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
                   storage_path=f"{storage_uri(tcfg.storage_path)}/{tcfg.name}-trials",
                   in_trial=tcfg.single_worker_in_trial,
                   tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
-                                              register=False),
+                                              register=False, figures=False),
                   audio_cfg=feature_store.load_feature_config(store).audio)
     tuner, restored = build_tuner(tcfg, job)
     if restored:

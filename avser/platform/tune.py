@@ -224,7 +224,10 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
         param_space={k: tune_domain(s) for k, s in parse_space(tcfg.search_space).items()},
         tune_config=tune.TuneConfig(metric=tcfg.metric, mode="max", search_alg=searcher,
                                     scheduler=scheduler, num_samples=tcfg.num_samples,
-                                    max_concurrent_trials=tcfg.max_concurrent_trials),
+                                    max_concurrent_trials=tcfg.max_concurrent_trials,
+                                    # A trial that trains itself starts torch, MLflow and
+                                    # avser in its process: the next trial reuses them.
+                                    reuse_actors=trains_in_trial(base, tcfg.single_worker_in_trial)),
         run_config=tune.RunConfig(name=tcfg.name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
                                   # Trials that train themselves checkpoint through Tune.
