@@ -131,6 +131,22 @@ def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id)
                                      tcfg.register_as, bundle, tags)
 
 
+def drop_forgotten_children(parent_id: str, trial_ids: set[str]) -> int:
+    """Delete the child runs of trials the restored search does not know.
+
+    A driver killed mid-search can have started a trial (and its MLflow run)
+    after Tune last saved the search's state; the restored search never runs
+    that trial, so its run would be an extra, unfinished child."""
+    client = tracking.client()
+    experiment = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' "
+                                            "and attributes.status = 'RUNNING'")
+    forgotten = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids]
+    for run in forgotten:
+        client.delete_run(run.info.run_id)
+    return len(forgotten)
+
+
 def close_unfinished_children(parent_id: str) -> int:
     """Trials that ASHA stopped never reach their end of training: mark their
     MLflow runs KILLED so the UI does not show them as still running."""
@@ -171,8 +187,9 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     if restored:
         print(f"resuming search {tcfg.name} from {tcfg.storage_path}")
     grid = tuner.fit()
-    close_unfinished_children(parent_id)
     trials = trial_table(grid, list(tcfg.search_space))
+    drop_forgotten_children(parent_id, set(trials["trial_id"].astype(str)))
+    close_unfinished_children(parent_id)
     trial, study, per_trial, features = _klda_stage(tcfg, base, trials, labels)
     klda_cfg = configlib.from_dict(KLDAConfig, {**configlib.to_dict(base.klda), **study.best_params})
     params = {k: trial[k] for k in tcfg.search_space}
