@@ -374,7 +374,7 @@ def training_rows(store: Path, stage: str) -> list[dict]:
 def test_crash_before_compaction_training_reads_each_manifest_clip_once(
     corpus, resumed, tmp_path, monkeypatch
 ):
-    from avser.platform.experiments import SPEECH_COLUMNS
+    from avser.platform.stages import SPEECH_COLUMNS
 
     store = tmp_path / "features"
     shutil.copytree(resumed.store, store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avser.errors import ConfigError
+from avser.errors import BackendUnavailableError
 
 LANDMARK_BACKENDS = ("dlib", "openface-csv", "openface")
 
@@ -75,8 +75,10 @@ class LandmarkConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in LANDMARK_BACKENDS:
-            raise ConfigError(f"landmarks.backend={self.backend!r}; choose one of "
-                              f"{list(LANDMARK_BACKENDS)}")
+            # The error make_landmark_backend gave when this was checked only there.
+            raise BackendUnavailableError(
+                f"landmarks.backend={self.backend!r} is an unknown landmark backend; choose one "
+                f"of {', '.join(LANDMARK_BACKENDS)}")
 
 
 @dataclass
