@@ -19,7 +19,7 @@ import torch
 
 from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle
 from avser.errors import AvserError, ClipError
-from avser.features.audio import load_audio, logmel
+from avser.features.audio import load_logmel
 from avser.models.factory import SPEECH
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -53,9 +53,7 @@ def file_logmel(path: str | Path, bundle: ModelBundle) -> np.ndarray:
         raise ClipError(path, f"unsupported file type {path.suffix!r}",
                         f"give audio ({', '.join(AUDIO_SUFFIXES)}) or video "
                         f"({', '.join(VIDEO_SUFFIXES)})")
-    cfg = bundle.audio_cfg
-    return logmel(load_audio(path, cfg.sample_rate, silence_rms=cfg.silence_rms,
-                             min_seconds=cfg.min_seconds), cfg)
+    return load_logmel(path, bundle.audio_cfg)
 
 
 def _note_for(path: Path, bundle: ModelBundle) -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -87,13 +86,10 @@ def main() -> None:
     from avser import config as configlib
     from avser import recipe
     from avser.batches import FrameBatches
-    from avser.metrics import classification_report
     from avser.models.factory import SPEECH, build_network
     from avser.platform.checkpoint import LoopState
-    from avser.platform.epochs import LoopContext
+    from avser.platform.epochs import LoopContext, run_epoch
     from avser.platform.runs import TrackingInfo
-    from avser.platform.epochs import (evaluate, evaluation_model, predict, track_best,
-                                       train_one_epoch)
 
     cfg, model_cfg = build(args)
     parts, labels = split_frames(args.store, cfg, args.ship)
@@ -129,13 +125,8 @@ def main() -> None:
           flush=True)
     train, val = FrameBatches(parts["train"]), FrameBatches(parts["val"])
     while state.epoch < cfg.optim.max_epochs and state.stale_epochs < cfg.optim.patience:
-        epoch, started = state.epoch, time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, train, ctx, device, epoch, ema=ema)
-        scored = evaluation_model(model, ema)
-        metrics.update(evaluate(predict(scored, val, ctx, device), labels, "val"))
-        metrics["epoch_seconds"] = time.perf_counter() - started
-        best = track_best(state, cfg.optim, metrics, scored, best, epoch)
-        state.record(metrics)
+        epoch = state.epoch
+        metrics, best = run_epoch(model, optimizer, train, val, ctx, device, state, best, ema)
         with (out / "history.jsonl").open("a") as log:
             log.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
@@ -146,16 +137,18 @@ def main() -> None:
               f"WA {metrics['train_wa']:.3f}, val loss {metrics['val_loss']:.3f} "
               f"UA {metrics['val_ua']:.3f} (lr {metrics['lr']:.2e}, {metrics['epoch_seconds']:.1f} s)",
               flush=True)
-    finish(out, model, best, state, ctx, parts, labels, device, predict, evaluate,
-           classification_report, args.store)
+    finish(out, model, best, state, ctx, parts, device, args.store)
 
 
-def finish(out, model, best, state, ctx, parts, labels, device, predict, evaluate, report_fn,
-           store) -> None:
+def finish(out: Path, model, best, state, ctx, parts, device, store: str) -> None:
+    """Best weights -> validation and (once) test scores, the bundle, the figures."""
     from avser.batches import FrameBatches
-    from avser.data.store import load_feature_config
-    from avser.metrics import plot_confusion, plot_curves
     from avser.bundle import ModelBundle, save_bundle
+    from avser.data.store import load_feature_config
+    from avser.metrics import classification_report, plot_confusion, plot_curves
+    from avser.platform.epochs import evaluate, predict
+
+    labels = ctx.label_names
 
     model.load_state_dict(best)
     result = {"best_epoch": state.best_epoch, "epochs": state.epoch,
@@ -166,7 +159,7 @@ def finish(out, model, best, state, ctx, parts, labels, device, predict, evaluat
         preds = predict(model, FrameBatches(parts[name]), ctx, device)
         result.update(evaluate(preds, labels, name))
         if name == "test":
-            report = report_fn(preds["labels"], preds["logits"].argmax(1), labels)
+            report = classification_report(preds["labels"], preds["logits"].argmax(1), labels)
             plot_confusion(report["confusion"], labels, out / "confusion_test.png",
                            title=f"{out.name}: test (UA {result['test_ua']:.1%})")
     save_bundle(ModelBundle("speech", ctx.model_cfg, load_feature_config(store).audio,

@@ -8,6 +8,7 @@ same functions; a ``shard`` is anything with Ray's ``iter_batches``
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,9 +132,10 @@ def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: in
 def predict(model, shard, ctx: LoopContext, device) -> dict[str, np.ndarray]:
     """Logits, labels and hybrid features over a whole dataset (no shuffling)."""
     model.eval()
+    precision = ctx.precision(device)
     logits, labels, hybrids, ids = [], [], [], []
     for raw, inputs in _batches(shard, ctx):
-        with recipe.autocast(ctx.precision(device), device):
+        with recipe.autocast(precision, device):
             out, hybrid = network_logits(model, ctx.stage.network, inputs, device, ctx.input_cfg)
         logits.append(out.float().cpu())
         hybrids.append(hybrid.float().cpu())
@@ -186,6 +188,25 @@ def track_best(state: LoopState, optim: recipe.OptimConfig, metrics: dict[str, f
         return best_state
     state.best_score, state.best_epoch, state.stale_epochs = value, epoch, 0
     return {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
+
+
+def run_epoch(model, optimizer, train, val, ctx: LoopContext, device, state: LoopState,
+              best_state: dict | None, ema: recipe.WeightEMA | None = None, rank: int = 0,
+              seen_ids: list[str] | None = None) -> tuple[dict[str, float], dict | None]:
+    """Train one epoch, score the validation set, advance ``state`` (early
+    stopping, history); returns the epoch's metrics and the best weights."""
+    epoch, started = state.epoch, time.perf_counter()
+    metrics = train_one_epoch(model, optimizer, train, ctx, device, epoch, seen_ids, ema, rank)
+    # Every rank scores the whole (unsplit) validation set, so every rank
+    # takes the same early-stopping decision without a collective.
+    scored = evaluation_model(model, ema)
+    metrics.update(evaluate(predict(scored, val, ctx, device), ctx.label_names, "val"))
+    # The loop's own time (train + validation), to tell the platform's
+    # overhead apart from the work (bench/tune.py).
+    metrics["epoch_seconds"] = time.perf_counter() - started
+    best_state = track_best(state, ctx.cfg.optim, metrics, scored, best_state, epoch)
+    state.record(metrics)
+    return metrics, best_state
 
 
 def effective_config(cfg: TrainConfig, model_cfg: ModelConfig) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str]
 def store_setup(store: str | Path, protocol: str, extra_tags: dict[str, Any]) -> runs.RunSetup:
     """The run set-up every driver (training, search) starts from."""
     meta = load_store_meta(store)
-    return runs.set_up(meta, label_names_of(meta), protocol, extra_tags)
+    return runs.set_up(meta, label_names_of(meta), protocol, extra_tags,
+                       feature_store.load_feature_config(store).audio)
 
 
 def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
@@ -206,7 +207,7 @@ def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
     run_name = run_name_for(cfg, model_cfg, split.name, setup.corpus, setup.data_hash)
     checkpoint.check_resume_of_run(cfg.storage_path, run_name, effective_config(cfg, model_cfg))
     loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
-                                  feature_store.load_feature_config(store).audio)
+                                  setup.audio_cfg)
     trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
     result = trainer.fit()
     final = result.checkpoint.path if result.checkpoint else None

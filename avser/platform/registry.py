@@ -253,9 +253,10 @@ def promote(name: str, alias: str, source: str = CANDIDATE_ALIAS,
     return str(found)
 
 
-def download_bundle(name: str, alias_or_version: str) -> str:
-    """Local path of the bundle of a registered version."""
-    version = model_version(name, alias_or_version)
+def download_bundle(name: str, alias_or_version: str, version=None) -> str:
+    """Local path of the bundle of a registered version (``version``: its
+    record, when the caller has already looked it up)."""
+    version = version or model_version(name, alias_or_version)
     artifact = version.tags.get(BUNDLE_TAG)
     if not artifact:
         raise AvserError(f"{name}@{alias_or_version} (version {version.version}) has no model "
@@ -280,5 +281,5 @@ def load_registered_state(name: str, alias_or_version: str) -> dict[str, torch.T
     if version.tags.get(BUNDLE_TAG):
         from avser.bundle import load_bundle
 
-        return load_bundle(download_bundle(name, alias_or_version)).state_dict
+        return load_bundle(download_bundle(name, alias_or_version, version)).state_dict
     return load_torch_model(registered_model_uri(name, alias_or_version)).state_dict()

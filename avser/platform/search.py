@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 
 from avser import config as configlib
-from avser.data import store as feature_store
 from avser.data.splits import make_splits
 from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
 from avser.models.factory import example_inputs
@@ -182,7 +181,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
                   in_trial=tcfg.single_worker_in_trial,
                   tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
                                               register=False, figures=False),
-                  audio_cfg=feature_store.load_feature_config(store).audio)
+                  audio_cfg=setup.audio_cfg)
     tuner, restored = build_tuner(tcfg, job)
     if restored:
         print(f"resuming search {tcfg.name} from {tcfg.storage_path}")

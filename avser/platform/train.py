@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,7 @@ import ray.data
 from avser import recipe
 from avser.platform import checkpoint, finalize, tracking
 from avser.platform.checkpoint import LoopState
-from avser.platform.epochs import (LoopContext, effective_config, evaluate, evaluation_model,
-                                   predict, track_best, train_one_epoch, unwrap)
+from avser.platform.epochs import LoopContext, effective_config, predict, run_epoch, unwrap
 from avser.platform.session import LoopSession, TrainWorkerSession
 from avser.platform.stages import build_stage_model
 
@@ -133,20 +131,10 @@ def run_loop(ctx: LoopContext, session: LoopSession) -> None:
     while state.epoch < ctx.cfg.optim.max_epochs and state.stale_epochs < ctx.cfg.optim.patience:
         epoch = state.epoch
         seen = [] if epoch == 0 else None
-        started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, train_shard, ctx, device, epoch, seen, ema,
-                                  session.rank)
+        metrics, best_state = run_epoch(model, optimizer, train_shard, val_data, ctx, device, state,
+                                        best_state, ema, session.rank, seen)
         if seen is not None:
             _record_shard(ctx, session.rank, seen)
-        # Every rank scores the whole (unsplit) validation set, so every rank
-        # takes the same early-stopping decision without a collective.
-        scored = evaluation_model(model, ema)
-        metrics.update(evaluate(predict(scored, val_data, ctx, device), ctx.label_names, "val"))
-        # The loop's own time (train + validation), to tell the platform's
-        # overhead apart from the work (bench/tune.py).
-        metrics["epoch_seconds"] = time.perf_counter() - started
-        best_state = track_best(state, ctx.cfg.optim, metrics, scored, best_state, epoch)
-        state.record(metrics)
         metrics["epoch"] = epoch
         _report_epoch(ctx, session, model, optimizer, state, best_state, metrics, logged_epochs, ema)
 
@@ -192,7 +180,8 @@ def _finish(ctx: LoopContext, session: LoopSession, model, best_state, state: Lo
         model.load_state_dict(best_state)
     # "train_eval" is the whole (unsplit) training set: the KLDA head is fitted
     # on every training clip, not on rank 0's shard.
-    splits = {name: predict(model, session.dataset(source), ctx, device)
-              for name, source in (("train", "train_eval"), ("val", "val"), ("test", "test"))
-              if session.dataset(source) is not None}
+    sources = {name: session.dataset(source)
+               for name, source in (("train", "train_eval"), ("val", "val"), ("test", "test"))}
+    splits = {name: predict(model, data, ctx, device) for name, data in sources.items()
+              if data is not None}
     return finalize.finish_run(ctx, model, splits, state, folder)
