@@ -25,9 +25,15 @@ $(STAMP): pyproject.toml
 	@echo '$(CURDIR)' > $(STAMP)
 
 # The main job on the embedded defaults: synthetic corpus -> Ray Data features
-# -> Ray Tune + Optuna search (Ray Train trials) -> best model registered.
+# -> Ray Tune + Optuna search (ASHA) -> KLDA head -> best model registered;
+# then the registered model classifies a clip of a speaker it never saw
+# (another seed of the same generator).
+HELDOUT := out/synthetic-demo-heldout
 demo: $(STAMP)
 	$(BIN)/python jobs/tune_fusion.py --config configs/tune_fusion.yaml
+	@test -f $(HELDOUT)/corpus.json || $(BIN)/avser synth --out $(HELDOUT) --clips 2 --seed 1 \
+		--config configs/synthetic_demo.yaml --quiet
+	$(BIN)/avser predict $(HELDOUT)/spk01_happy_00001.mp4 --model avser@candidate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -18,7 +18,7 @@ import torch
 
 from avser import config as configlib
 from avser.errors import AvserError
-from avser.features.config import AudioConfig, RacnnInputConfig
+from avser.features.config import AudioConfig, FeatureConfig, RacnnInputConfig
 from avser.models.config import ModelConfig
 from avser.models.factory import NETWORK_KINDS, build_network, racnn_input_config
 
@@ -33,11 +33,15 @@ class ModelBundle:
 
     kind: str  # speech (RACNN + speech head) | audiovisual (the fusion model)
     model_cfg: ModelConfig
-    audio_cfg: AudioConfig
+    feature_cfg: FeatureConfig  # the training store's: how to read a new file
     segment_overlap: float
     label_names: list[str]
     state_dict: dict[str, torch.Tensor]
     card: dict[str, Any]
+
+    @property
+    def audio_cfg(self) -> AudioConfig:
+        return self.feature_cfg.audio
 
     @property
     def input_cfg(self) -> RacnnInputConfig:
@@ -56,7 +60,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "format": BUNDLE_FORMAT,
         "kind": bundle.kind,
         "model_config": configlib.to_dict(bundle.model_cfg),
-        "audio_config": configlib.to_dict(bundle.audio_cfg),
+        "feature_config": configlib.to_dict(bundle.feature_cfg),
         "segment_overlap": float(bundle.segment_overlap),
         "label_names": list(bundle.label_names),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
@@ -85,9 +89,18 @@ def load_bundle(path: str | Path) -> ModelBundle:
     return ModelBundle(
         kind=raw["kind"],
         model_cfg=configlib.from_dict(ModelConfig, raw["model_config"], f"{path}:model_config"),
-        audio_cfg=configlib.from_dict(AudioConfig, raw["audio_config"], f"{path}:audio_config"),
+        feature_cfg=_feature_config(raw, path),
         segment_overlap=float(raw["segment_overlap"]),
         label_names=list(raw["label_names"]),
         state_dict=raw["state_dict"],
         card=dict(raw.get("card") or {}),
     )
+
+
+def _feature_config(raw: dict[str, Any], path: Path) -> FeatureConfig:
+    """Bundles written before the full feature config travelled carry the audio part only
+    (the shipped speech model): the rest is never read for a speech model."""
+    if "feature_config" in raw:
+        return configlib.from_dict(FeatureConfig, raw["feature_config"], f"{path}:feature_config")
+    return FeatureConfig(audio=configlib.from_dict(AudioConfig, raw["audio_config"],
+                                                   f"{path}:audio_config"))

@@ -15,9 +15,11 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm"}
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from avser.data.synthetic import generate_corpus
+    from avser import config
+    from avser.data.synthetic import SynthConfig, generate_corpus
 
-    clips = generate_corpus(args.out, args.clips, seed=args.seed)
+    cfg = config.load(SynthConfig, args.config)
+    clips = generate_corpus(args.out, args.clips, seed=args.seed, cfg=cfg, progress=not args.quiet)
     print(f"wrote {len(clips)} clips to {args.out}")
     return 0
 
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     synth.add_argument("--clips", type=int, default=48)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--config", default=None,
+                       help="a SynthConfig YAML, e.g. configs/synthetic_demo.yaml")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
 
     manifest = sub.add_parser("manifest", help="scan a corpus into a Parquet manifest")

@@ -107,7 +107,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise _bad(key, value, tp, " (a mapping)")
-        return value
+        item = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {k: convert(v, item, f"{key}.{k}") for k, v in value.items()}
     return value
 
 

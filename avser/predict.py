@@ -3,9 +3,11 @@
 A trained model travels as a bundle (:mod:`avser.bundle`): plain values,
 loaded without running code.
 
-One path from a file to probabilities serves both commands: load the audio
-(wav/flac/mp3, or a video's sound track), the stored log-mel features with
-the bundle's config, the RACNN input, the network, softmax.
+One path from a file to probabilities serves both commands: the features
+with the bundle's feature config (the log-mel of the audio or a video's
+sound track; for an audio-visual model and a video, also the keyframe faces
+and landmarks, as the training store computed them), the RACNN input, the
+network, softmax. A video without a face falls back to speech alone.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from avser.batches import face_tensor
 from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle
-from avser.errors import AvserError, ClipError
+from avser.data.manifest import Clip
+from avser.errors import AvserError, ClipError, MissingFileError, NoFaceError, TooFewFramesError
 from avser.features.audio import load_logmel
+from avser.features.clip import ClipFeatures, extract_clip
+from avser.features.landmarks import make_landmark_backend
+from avser.landmark_regions import N_LANDMARKS
 from avser.models.factory import SPEECH
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -46,51 +53,113 @@ class Prediction:
     note: str = ""
 
 
-def file_logmel(path: str | Path, bundle: ModelBundle) -> np.ndarray:
-    """The stored features of a file, as the bundle's training store computed them."""
-    path = Path(path)
-    if path.suffix.lower() not in AUDIO_SUFFIXES + VIDEO_SUFFIXES:
-        raise ClipError(path, f"unsupported file type {path.suffix!r}",
+@dataclass
+class FileInputs:
+    """What the network reads of one file."""
+
+    logmel: np.ndarray
+    visual: ClipFeatures | None = None  # keyframe faces and landmarks; None: speech alone
+    note: str = ""
+
+
+def _check_suffix(path: Path) -> bool:
+    """True for a video file; refuses what is neither audio nor video."""
+    suffix = path.suffix.lower()
+    if suffix not in AUDIO_SUFFIXES + VIDEO_SUFFIXES:
+        raise ClipError(path, f"unsupported file type {suffix!r}",
                         f"give audio ({', '.join(AUDIO_SUFFIXES)}) or video "
                         f"({', '.join(VIDEO_SUFFIXES)})")
-    return load_logmel(path, bundle.audio_cfg)
+    return suffix in VIDEO_SUFFIXES
 
 
-def _note_for(path: Path, bundle: ModelBundle) -> str:
-    is_video = path.suffix.lower() in VIDEO_SUFFIXES
-    if bundle.kind == SPEECH:
-        return "speech model: the video's sound track only" if is_video else ""
-    if not bundle.model_cfg.fusion.uses_speech:
-        raise ClipError(path, "this model reads video only (fusion variant 'vision')",
-                        "give it a video file")
-    return "no video: speech alone" if not is_video else "speech alone (faces not read yet)"
+class FileReader:
+    """Files -> network inputs with the bundle's feature config: the sound
+    track for every model; for an audio-visual model and a video, also the
+    keyframe faces and landmarks, read as the training store read them."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+        self._landmarker = None  # made on the first video (dlib loads its models once)
+
+    def read(self, path: str | Path, landmarks_path: str | None = None) -> FileInputs:
+        path = Path(path)
+        is_video = _check_suffix(path)
+        bundle = self.bundle
+        if bundle.kind == SPEECH:
+            note = "speech model: the video's sound track only" if is_video else ""
+            return FileInputs(load_logmel(path, bundle.audio_cfg), note=note)
+        uses_speech = bundle.model_cfg.fusion.uses_speech
+        if not is_video:
+            if not uses_speech:
+                raise ClipError(path, "this model reads video only (fusion variant 'vision')",
+                                "give it a video file")
+            return FileInputs(load_logmel(path, bundle.audio_cfg), note="no video: speech alone")
+        return self._read_video(path, landmarks_path or _beside(path, ".csv"), uses_speech)
+
+    def _read_video(self, path: Path, landmarks_path: str | None, uses_speech: bool) -> FileInputs:
+        clip = Clip(clip_id=path.stem, corpus="file", speaker="", label=-1, label_name="",
+                    video_path=str(path), landmarks_path=landmarks_path)
+        try:
+            features = extract_clip(clip, self.bundle.feature_cfg, self.landmarker())
+        except (NoFaceError, TooFewFramesError, MissingFileError) as exc:
+            if not uses_speech:
+                raise
+            return FileInputs(load_logmel(path, self.bundle.audio_cfg),
+                              note=f"no face read ({exc.reason}: {exc.detail}): speech alone")
+        return FileInputs(features.logmel, features)
+
+    def landmarker(self):
+        if self._landmarker is None:
+            self._landmarker = make_landmark_backend(self.bundle.feature_cfg.landmarks)
+        return self._landmarker
+
+
+def _beside(path: Path, suffix: str) -> str | None:
+    """An OpenFace CSV next to the video (``clip.mp4`` -> ``clip.csv``), if there is one."""
+    candidate = path.with_suffix(suffix)
+    return str(candidate) if candidate.is_file() else None
+
+
+def _visual_tensors(inputs: Sequence[FileInputs], bundle: ModelBundle):
+    """Faces, landmarks and the visual mask of a batch of files, as ``collate`` builds them."""
+    n, k = len(inputs), bundle.model_cfg.keyframes
+    size = bundle.model_cfg.appearance.image_size
+    faces = torch.zeros(n, k, 3, size, size)
+    landmarks = torch.zeros(n, k, N_LANDMARKS, 2)
+    mask = torch.zeros(n, dtype=torch.bool)
+    for i, item in enumerate(inputs):
+        if item.visual is None:
+            continue
+        count = min(k, len(item.visual.landmarks))
+        faces[i, :count] = torch.from_numpy(face_tensor(item.visual.face_jpegs[:count], size))
+        landmarks[i, :count] = torch.from_numpy(item.visual.landmarks[:count])
+        mask[i] = True
+    return faces, landmarks, mask
 
 
 @torch.no_grad()
-def probabilities(net: torch.nn.Module, logmels: Sequence[np.ndarray], bundle: ModelBundle) -> np.ndarray:
-    """(N, C) softmax probabilities of log-mel clips (audio branch only for fusion)."""
+def probabilities(net: torch.nn.Module, inputs: Sequence[FileInputs], bundle: ModelBundle) -> np.ndarray:
+    """(N, C) softmax probabilities of a batch of files' inputs."""
     from avser.features.racnn_input import racnn_input
 
-    speech = racnn_input([torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in logmels],
+    speech = racnn_input([torch.from_numpy(np.asarray(x.logmel, dtype=np.float32)) for x in inputs],
                          bundle.input_cfg)
     if bundle.kind == SPEECH:
         logits = net(speech)
     else:
-        n = len(logmels)
-        k, size = bundle.model_cfg.keyframes, bundle.model_cfg.appearance.image_size
-        logits, _ = net(speech=speech, faces=torch.zeros(n, k, 3, size, size),
-                        landmarks=torch.zeros(n, k, 68, 2), visual_mask=torch.zeros(n, dtype=torch.bool))
+        faces, landmarks, mask = _visual_tensors(inputs, bundle)
+        logits, _ = net(speech=speech, faces=faces, landmarks=landmarks, visual_mask=mask)
     return torch.softmax(logits.float(), dim=-1).numpy()
 
 
 def predict_files(paths: Sequence[str | Path], bundle: ModelBundle) -> list[Prediction]:
-    net = bundle.network()
+    net, reader = bundle.network(), FileReader(bundle)
     results = []
-    for path in map(Path, paths):
-        note = _note_for(path, bundle)
-        probs = probabilities(net, [file_logmel(path, bundle)], bundle)[0]
+    for path in paths:
+        inputs = reader.read(path)
+        probs = probabilities(net, [inputs], bundle)[0]
         results.append(Prediction(str(path), bundle.label_names[int(probs.argmax())],
-                                  dict(zip(bundle.label_names, map(float, probs))), note))
+                                  dict(zip(bundle.label_names, map(float, probs))), inputs.note))
     return results
 
 
@@ -100,6 +169,14 @@ def check_labels(manifest_labels: Sequence[str], bundle: ModelBundle, where: str
         raise AvserError(f"{where} has labels {unknown} that the model does not know; its "
                          f"classes are {bundle.label_names}. Evaluate on a corpus with the same "
                          "label set (or map the labels first)")
+
+
+def _manifest_files(frame, reads_video: bool):
+    """(file, landmarks CSV) per row: the video for a model that reads faces, else the audio."""
+    for row in frame.itertuples(index=False):
+        audio, video = row.audio_path or None, row.video_path or None
+        path = (video or audio) if reads_video else (audio or video)
+        yield path, getattr(row, "landmarks_path", None) or None
 
 
 def evaluate_manifest(bundle: ModelBundle, manifest_path: str | Path, out: str | Path | None = None):
@@ -112,10 +189,10 @@ def evaluate_manifest(bundle: ModelBundle, manifest_path: str | Path, out: str |
 
     frame = read_manifest(manifest_path)
     check_labels(frame["label_name"].unique(), bundle, str(manifest_path))
-    net, probs = bundle.network(), []
-    paths = [a or v for a, v in zip(frame["audio_path"], frame["video_path"])]
-    for start in range(0, len(paths), EVAL_BATCH):
-        chunk = [file_logmel(p, bundle) for p in paths[start:start + EVAL_BATCH]]
+    net, reader, probs = bundle.network(), FileReader(bundle), []
+    files = list(_manifest_files(frame, reads_video=bundle.kind != SPEECH))
+    for start in range(0, len(files), EVAL_BATCH):
+        chunk = [reader.read(path, csv) for path, csv in files[start:start + EVAL_BATCH]]
         probs.append(probabilities(net, chunk, bundle))
     probs = np.concatenate(probs)
     truth = np.array([bundle.label_names.index(n) for n in frame["label_name"]])

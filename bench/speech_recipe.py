@@ -162,7 +162,7 @@ def finish(out: Path, model, best, state, ctx, parts, device, store: str) -> Non
             report = classification_report(preds["labels"], preds["logits"].argmax(1), labels)
             plot_confusion(report["confusion"], labels, out / "confusion_test.png",
                            title=f"{out.name}: test (UA {result['test_ua']:.1%})")
-    save_bundle(ModelBundle("speech", ctx.model_cfg, load_feature_config(store).audio,
+    save_bundle(ModelBundle("speech", ctx.model_cfg, load_feature_config(store),
                             ctx.cfg.segment_overlap, labels, best,
                             {"run": out.name, "result": result}), out / "model.avser.pt")
     plot_curves(state.history, out / "curves.png", title=out.name)

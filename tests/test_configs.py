@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from avser import config as configlib
+from avser.data import synthetic
+from avser.data.synthetic import SynthConfig
 from avser.errors import AvserError, ConfigError
 from avser.features.augment import SpeechAugmentConfig
 from avser.models.config import ModelConfig
@@ -16,7 +18,8 @@ from avser.platform.tune import TuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 KIND_BY_PREFIX = {"model/": ModelConfig, "preprocess_": PreprocessConfig, "tune_": TuneConfig,
-                  "train_": TrainConfig, "pretrain_": TrainConfig, "ablation_": TrainConfig}
+                  "train_": TrainConfig, "pretrain_": TrainConfig, "ablation_": TrainConfig,
+                  "synthetic_": SynthConfig}
 CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml"))
 
 
@@ -31,6 +34,29 @@ def test_every_config_loads_and_validates(name: str) -> None:
     cfg = configlib.load(kind_of(name), REPO / "configs" / name)
     again = configlib.from_dict(type(cfg), configlib.to_dict(cfg))
     assert again == cfg  # saved and reloaded, nothing changes type
+
+
+def test_the_demo_corpus_needs_both_modalities() -> None:
+    """Each modality's paired emotions are near twins; no pair is shared, so
+    voice and face together tell every emotion apart."""
+    from avser.data.synthetic.face import EXPRESSION_KEYS
+    from avser.data.synthetic.voice import PROSODY_KEYS
+
+    cfg = configlib.load(SynthConfig, REPO / "configs" / "synthetic_demo.yaml")
+    synthetic.validate(cfg)
+
+    def twins(table, keys):
+        rows = {e: [table[e][k] for k in keys] for e in cfg.emotions}
+        nearest = {}
+        for e, row in rows.items():
+            gaps = {o: sum(abs(a - b) for a, b in zip(row, other)) for o, other in rows.items() if o != e}
+            nearest[e] = min(gaps, key=gaps.get)
+        return {frozenset((e, o)) for e, o in nearest.items()}
+
+    voice = twins(cfg.voice.prosody, PROSODY_KEYS)
+    face = twins(cfg.face.expressions, EXPRESSION_KEYS)
+    assert len(voice) == len(face) == len(cfg.emotions) // 2  # a partition into pairs
+    assert not voice & face
 
 
 def test_numbers_from_the_command_line_are_numbers() -> None:

@@ -13,10 +13,10 @@ import torch
 from avser import cli
 from avser.config import load_model_config
 from avser.errors import AvserError
-from avser.features.config import AudioConfig
+from avser.features.config import FeatureConfig, KeyframeConfig
 from avser.models.factory import build_network
 from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle, save_bundle
-from avser.predict import predict_files, probabilities
+from avser.predict import FileInputs, FileReader, _visual_tensors, predict_files, probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -28,7 +28,8 @@ def tiny_bundle(kind: str = "speech", variant: str = "full", labels=LABELS) -> M
                                    f"fusion.variant={variant}"])
     torch.manual_seed(0)
     net = build_network(kind, model_cfg)
-    return ModelBundle(kind, model_cfg, AudioConfig(), 0.5, list(labels), net.state_dict(),
+    features = FeatureConfig(keyframes=KeyframeConfig(k=model_cfg.keyframes))  # as its store's
+    return ModelBundle(kind, model_cfg, features, 0.5, list(labels), net.state_dict(),
                        {"note": "test"})
 
 
@@ -44,9 +45,11 @@ def ravdess_files(shared_data: Path, actor: str = "Actor_16", n: int = 8) -> lis
 def test_a_bundle_round_trips_with_the_same_probabilities(bundle_file) -> None:
     original, loaded = tiny_bundle(), load_bundle(bundle_file)
     assert loaded.label_names == LABELS and loaded.model_cfg == original.model_cfg
-    logmel = [np.random.default_rng(0).normal(size=(3, 128, 150)).astype(np.float32)]
-    np.testing.assert_allclose(probabilities(loaded.network(), logmel, loaded),
-                               probabilities(original.network(), logmel, original), rtol=1e-6)
+    logmel = np.random.default_rng(0).normal(size=(3, 128, 150)).astype(np.float32)
+    inputs = [FileInputs(logmel)]
+    np.testing.assert_allclose(probabilities(loaded.network(), inputs, loaded),
+                               probabilities(original.network(), inputs, original), rtol=1e-6)
+    assert loaded.feature_cfg == original.feature_cfg
 
 
 def test_a_pickled_module_is_refused(tmp_path) -> None:
@@ -93,6 +96,46 @@ def test_predict_a_video_reads_its_sound(shared_data, bundle_file) -> None:
     assert wav_result.note == "no video: speech alone"
     with pytest.raises(AvserError, match="video only"):
         predict_files(ravdess_files(shared_data, n=1), tiny_bundle("audiovisual", "vision"))
+
+
+def test_an_audiovisual_model_reads_the_faces_of_a_video(shared_data) -> None:
+    """The real face video through dlib (the default backend), as preprocessing reads it."""
+    fusion = tiny_bundle("audiovisual")
+    reader = FileReader(fusion)
+    inputs = reader.read(shared_data / "face-videos" / "single_face.mp4")
+    assert inputs.note == "" and inputs.visual is not None
+    k = fusion.model_cfg.keyframes
+    assert inputs.visual.landmarks.shape == (k, 68, 2) and len(inputs.visual.face_jpegs) == k
+    faces, landmarks, mask = _visual_tensors([inputs, FileInputs(inputs.logmel)], fusion)
+    assert mask.tolist() == [True, False] and faces[0].abs().sum() > 0 and faces[1].abs().sum() == 0
+    with_face, speech_alone = probabilities(fusion.network(), [inputs, FileInputs(inputs.logmel)],
+                                            fusion)
+    assert not np.allclose(with_face, speech_alone)  # the faces changed the answer
+
+
+def test_a_video_without_a_face_falls_back_to_speech(shared_data) -> None:
+    (result,) = predict_files([shared_data / "face-videos" / "no_face.mp4"],
+                              tiny_bundle("audiovisual"))
+    assert result.note.startswith("no face read (no_face") and result.note.endswith("speech alone")
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(AvserError, match="no_face.mp4"):
+        predict_files([shared_data / "face-videos" / "no_face.mp4"],
+                      tiny_bundle("audiovisual", "vision"))
+
+
+def test_a_synthetic_clip_is_read_with_the_landmarks_beside_it(tmp_path) -> None:
+    from avser.data.synthetic import generate_corpus
+    from avser.features.config import LandmarkConfig
+
+    (clip,) = generate_corpus(tmp_path / "synth", 1, seed=3, progress=False)
+    fusion = tiny_bundle("audiovisual")
+    fusion.feature_cfg.landmarks = LandmarkConfig(backend="openface-csv")
+    inputs = FileReader(fusion).read(clip.video_path)
+    assert inputs.visual is not None and inputs.note == ""
+    moved = tmp_path / "alone.mp4"
+    moved.write_bytes(Path(clip.video_path).read_bytes())  # no CSV beside it
+    alone = FileReader(fusion).read(moved)
+    assert alone.visual is None and "missing_file" in alone.note
 
 
 def test_predict_names_an_unsupported_file(tmp_path, bundle_file, capsys) -> None:

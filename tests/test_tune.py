@@ -110,7 +110,12 @@ def test_submitted_search_registers_the_best_model(cluster):
     best = json.loads(Path(client.download_artifacts(parent.info.run_id, "best_config.json")).read_text())
     assert best["klda.gamma"] > 0 and "optim.lr" in best
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert "figures/optimization_history.png" in artifacts
+    assert {f"figures/{name}.png" for name in ("optimization_history", "best_so_far",
+                                               "parallel_coordinates")} <= artifacts
+    # The job's console: one line per trial, Ray's log folder once, no Ray Data progress.
+    assert "Execution plan" not in submit.stdout and "logging_progress" not in submit.stdout
+    assert submit.stdout.count("Ray's full logs") == 1
+    assert any(line.split()[:2] == ["trial", "state"] for line in submit.stdout.splitlines())
     version = client.get_model_version_by_alias("avser", "candidate")
     assert version.tags["parent_run_id"] == parent.info.run_id
     assert float(version.tags["klda_gamma"]) == pytest.approx(best["klda.gamma"])

@@ -20,7 +20,16 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=not quiet)
-        return
+    else:
+        _init_local(num_cpus, quiet)
+    from avser.platform.console import print_ray_log_folder
+
+    print_ray_log_folder()
+
+
+def _init_local(num_cpus: int | None, quiet: bool) -> None:
+    import ray
+
     # The dashboard (on 127.0.0.1) also serves the state API, which Ray Train's
     # PlacementGroupCleaner needs to free a stopped run's CPUs: without it a
     # trial that Tune stops early keeps its workers' resources for ever.

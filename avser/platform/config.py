@@ -97,6 +97,8 @@ class DataPrepConfig:
     root: str = "out/synthetic"
     synth_clips: int = 48
     synth_seed: int = 0
+    # A SynthConfig YAML (e.g. configs/synthetic_demo.yaml); None: the generator's defaults.
+    synth_config: str | None = None
     manifest: str = "out/synthetic.parquet"
     store: str = "out/store-synthetic"
     preprocess_config: str | None = "configs/preprocess_synthetic.yaml"

@@ -34,13 +34,15 @@ def _synthetic_clip_count(root: Path) -> int:
 
 def _ensure_synthetic_corpus(cfg: DataPrepConfig, progress: bool) -> None:
     """generate_corpus keeps the clips already written, so this only adds what is missing."""
-    from avser.data.synthetic import generate_corpus
+    from avser.data.synthetic import SynthConfig, generate_corpus
 
     root = Path(cfg.root)
+    synth_cfg = configlib.load(SynthConfig, cfg.synth_config)
     writing = _synthetic_clip_count(root) != cfg.synth_clips
     if writing:
         print(f"writing the synthetic corpus ({cfg.synth_clips} clips) to {root}")
-    generate_corpus(root, cfg.synth_clips, seed=cfg.synth_seed, progress=progress and writing)
+    generate_corpus(root, cfg.synth_clips, seed=cfg.synth_seed, cfg=synth_cfg,
+                    progress=progress and writing)
 
 
 def _update_manifest(cfg: DataPrepConfig) -> Path:

@@ -20,7 +20,7 @@ from avser import config as configlib
 from avser import recipe
 from avser.batches import collate
 from avser.features.augment import mixup
-from avser.features.config import AudioConfig, RacnnInputConfig
+from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.metrics import classification_report
 from avser.models.config import ModelConfig
 from avser.models.factory import SPEECH, network_logits, racnn_input_config, speech_logits
@@ -39,7 +39,7 @@ class LoopContext:
     label_names: list[str]
     run_name: str
     tracking: TrackingInfo
-    audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
+    feature_cfg: FeatureConfig = field(default_factory=FeatureConfig)  # the store's
 
     @classmethod
     def from_loop_config(cls, loop_config: dict[str, Any]) -> "LoopContext":
@@ -49,7 +49,7 @@ class LoopContext:
             label_names=list(loop_config["label_names"]),
             run_name=loop_config["run_name"],
             tracking=configlib.from_dict(TrackingInfo, loop_config["tracking"]),
-            audio_cfg=configlib.from_dict(AudioConfig, loop_config.get("audio")),
+            feature_cfg=configlib.from_dict(FeatureConfig, loop_config.get("features")),
         )
 
     @property

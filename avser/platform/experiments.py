@@ -21,7 +21,7 @@ from avser import config as configlib
 from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
 from avser.errors import AvserError
-from avser.features.config import AudioConfig
+from avser.features.config import FeatureConfig
 from avser.models.config import ModelConfig
 from avser.platform import checkpoint, runs, tracking
 from avser.platform.epochs import effective_config
@@ -140,14 +140,14 @@ def run_name_for(cfg: TrainConfig, model_cfg: ModelConfig, split_name: str, corp
 
 
 def loop_config_for(cfg: TrainConfig, model_cfg: ModelConfig, label_names: list[str], run_name: str,
-                    tracking_info: TrackingInfo, audio_cfg: AudioConfig | None = None
+                    tracking_info: TrackingInfo, feature_cfg: FeatureConfig | None = None
                     ) -> dict[str, Any]:
     """Plain values for the workers (``LoopContext.from_loop_config`` types
-    them again); ``audio_cfg``: the store's, what a model bundle must reproduce."""
+    them again); ``feature_cfg``: the store's, what a model bundle must reproduce."""
     return {
         "train": configlib.to_dict(cfg),
         "model": configlib.to_dict(model_cfg),
-        "audio": configlib.to_dict(audio_cfg or AudioConfig()),
+        "features": configlib.to_dict(feature_cfg or FeatureConfig()),
         "label_names": label_names,
         "run_name": run_name,
         "tracking": configlib.to_dict(tracking_info),
@@ -197,7 +197,7 @@ def store_setup(store: str | Path, protocol: str, extra_tags: dict[str, Any]) ->
     """The run set-up every driver (training, search) starts from."""
     meta = load_store_meta(store)
     return runs.set_up(meta, label_names_of(meta), protocol, extra_tags,
-                       feature_store.load_feature_config(store).audio)
+                       feature_store.load_feature_config(store))
 
 
 def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
@@ -207,7 +207,7 @@ def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
     run_name = run_name_for(cfg, model_cfg, split.name, setup.corpus, setup.data_hash)
     checkpoint.check_resume_of_run(cfg.storage_path, run_name, effective_config(cfg, model_cfg))
     loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
-                                  setup.audio_cfg)
+                                  setup.feature_cfg)
     trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
     result = trainer.fit()
     final = result.checkpoint.path if result.checkpoint else None

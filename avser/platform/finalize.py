@@ -56,7 +56,7 @@ def _log_figures(run_id: str, ctx, splits, history) -> None:
 def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
     """The plain-data bundle of a trained model (avser predict / evaluate)."""
     return ModelBundle(
-        kind=ctx.stage.network, model_cfg=ctx.model_cfg, audio_cfg=ctx.audio_cfg,
+        kind=ctx.stage.network, model_cfg=ctx.model_cfg, feature_cfg=ctx.feature_cfg,
         segment_overlap=ctx.cfg.segment_overlap, label_names=list(ctx.label_names),
         state_dict=model.state_dict(),
         card={"run_name": ctx.run_name, "protocol": ctx.cfg.split.protocol,

@@ -20,7 +20,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 import avser
 from avser.data.fingerprint import file_fingerprint
 from avser.data.manifest import COLUMNS as MANIFEST_COLUMNS
-from avser.features.config import AudioConfig
+from avser.features.config import FeatureConfig
 from avser.platform import tracking
 
 PROTOCOL_TAG = "avser.protocol"
@@ -61,15 +61,15 @@ class RunSetup:
     corpus: str
     data_hash: str
     tags: dict[str, str]
-    audio_cfg: AudioConfig  # the store's: what a model bundle must reproduce
+    feature_cfg: FeatureConfig  # the store's: what a model bundle must reproduce
 
 
 def set_up(meta: pd.DataFrame, label_names: list[str], protocol: str,
-           extra_tags: Mapping[str, Any], audio_cfg: AudioConfig) -> RunSetup:
+           extra_tags: Mapping[str, Any], feature_cfg: FeatureConfig) -> RunSetup:
     corpus = "+".join(sorted(meta["corpus"].unique()))
     dhash = data_hash(meta)  # rows include each clip's source_key
     return RunSetup(meta, label_names, corpus, dhash,
-                    standard_tags(protocol, corpus, dhash, dict(extra_tags)), audio_cfg)
+                    standard_tags(protocol, corpus, dhash, dict(extra_tags)), feature_cfg)
 
 
 def tracking_info(experiment: str, setup: RunSetup, **kwargs: Any) -> TrackingInfo:

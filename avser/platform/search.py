@@ -181,7 +181,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
                   in_trial=tcfg.single_worker_in_trial,
                   tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
                                               register=False, figures=False),
-                  audio_cfg=setup.audio_cfg)
+                  feature_cfg=setup.feature_cfg)
     tuner, restored = build_tuner(tcfg, job)
     if restored:
         print(f"resuming search {tcfg.name} from {tcfg.storage_path}")

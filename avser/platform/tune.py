@@ -24,7 +24,7 @@ import numpy as np
 from avser import config as configlib
 from avser.errors import ConfigError
 from avser.heads import KLDAConfig
-from avser.features.config import AudioConfig
+from avser.features.config import FeatureConfig
 from avser.platform.config import DataPrepConfig, TrainConfig
 from avser.platform.runs import TrackingInfo
 
@@ -155,7 +155,7 @@ class TuneJob:
     name: str
     storage_path: str  # where each trial's Ray Train run keeps its checkpoints
     in_trial: bool = True  # TuneConfig.single_worker_in_trial
-    audio_cfg: AudioConfig = field(default_factory=AudioConfig)  # the store's
+    feature_cfg: FeatureConfig = field(default_factory=FeatureConfig)  # the store's
 
 
 def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
@@ -174,7 +174,7 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{job.name}-{trial_id}"
     loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name,
-                                  job.tracking.with_tags(trial_id=trial_id), job.audio_cfg)
+                                  job.tracking.with_tags(trial_id=trial_id), job.feature_cfg)
     if trains_in_trial(cfg, job.in_trial):
         from avser.platform.session import TuneTrialSession
         from avser.platform.train import run_loop
@@ -206,6 +206,8 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from avser.platform.console import TrialTable
+
     base = configlib.from_dict(TrainConfig, job.base)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, job=job),
                                     trial_resources(tcfg, base))
@@ -214,6 +216,9 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True), True
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it creates
     searcher = OptunaSearch(seed=tcfg.seed)
     # Reports = epochs + one final report; max_t beyond that, so ASHA never
     # stops a trial that is finishing on its own.
@@ -230,6 +235,8 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
                                     reuse_actors=trains_in_trial(base, tcfg.single_worker_in_trial)),
         run_config=tune.RunConfig(name=tcfg.name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
+                                  # Our one line per trial instead of Tune's status boxes.
+                                  verbose=0, callbacks=[TrialTable(metric=tcfg.metric)],
                                   # Trials that train themselves checkpoint through Tune.
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )

@@ -14,7 +14,10 @@ habits. Generation is deterministic per (seed, clip index).
 from __future__ import annotations
 
 import json
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -313,11 +316,14 @@ def generate_corpus(
     seed: int = 0,
     cfg: SynthConfig | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[Clip]:
     """Write ``n_clips`` clips (mp4 + landmark csv) and ``corpus.json`` into ``out_dir``.
 
     Clips already there (same seed and config) are kept, so a rerun only adds
-    what is missing; files appear atomically, never half-written.
+    what is missing; files appear atomically, never half-written. ``workers``
+    processes write clips side by side (default: one per CPU); every clip is
+    drawn from its own (seed, index) streams, so the corpus is the same.
     """
     cfg = cfg or SynthConfig()
     validate(cfg)
@@ -325,8 +331,19 @@ def generate_corpus(
     out.mkdir(parents=True, exist_ok=True)
     _check_existing(out, cfg, seed)
     plans = [plan_clip(cfg, seed, index) for index in range(n_clips)]
-    for plan in tqdm(plans, desc="synthetic corpus", unit="clip", disable=not progress):
-        _write_clip(out, plan, cfg, seed)
+    todo = [p for p in plans if not _written(out, p)]
+    bar = tqdm(total=len(todo), desc="synthetic corpus", unit="clip", disable=not progress)
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for plan in todo:
+            _write_clip(out, plan, cfg, seed)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(_write_clip, out, p, cfg, seed) for p in todo]):
+                done.result()
+                bar.update()
+    bar.close()
     _write_corpus_json(out, cfg, seed, plans)
     return [_clip_record(out, plan) for plan in plans]
 
@@ -334,7 +351,7 @@ def generate_corpus(
 def _write_clip(out: Path, plan: ClipPlan, cfg: SynthConfig, seed: int) -> None:
     """Both files of one clip, each written under a temporary name then renamed."""
     mp4, csv = out / f"{plan.clip_id}.mp4", out / f"{plan.clip_id}.csv"
-    if mp4.is_file() and csv.is_file():
+    if _written(out, plan):
         return
     media = synthesize_clip(plan, cfg, seed)
     partial = out / f"{plan.clip_id}.partial.mp4"
@@ -343,6 +360,10 @@ def _write_clip(out: Path, plan: ClipPlan, cfg: SynthConfig, seed: int) -> None:
     partial = out / f"{plan.clip_id}.partial.csv"
     write_landmarks_csv(partial, media.landmarks, cfg.fps)
     partial.replace(csv)
+
+
+def _written(out: Path, plan: ClipPlan) -> bool:
+    return (out / f"{plan.clip_id}.mp4").is_file() and (out / f"{plan.clip_id}.csv").is_file()
 
 
 def _write_corpus_json(out: Path, cfg: SynthConfig, seed: int, plans: list[ClipPlan]) -> None:
