@@ -39,9 +39,9 @@ def resolve_bundle(weights: str | None = None, model: str | None = None) -> Mode
     if weights and model:
         raise AvserError("give --weights or --model, not both")
     if model:
-        from avser.platform.registry import download_registered_bundle  # needs MLflow
+        from avser.platform.registry import load_registered_model  # needs MLflow
 
-        return load_bundle(download_registered_bundle(model))
+        return load_registered_model(model).bundle
     return load_bundle(weights or DEFAULT_WEIGHTS)
 
 

@@ -13,14 +13,17 @@ import pytest
 import torch
 from torch import nn
 
+import mlflow
+import yaml
+
 from avser.platform import registry, runs, tracking
 
 EXPERIMENT = "avser-test"
 N_CLASSES = 4
 BATCH = 3
-SPEECH_SHAPE = (BATCH, 3, 4, 8, 8)
-LANDMARKS_SHAPE = (BATCH, 5, 68, 2)
 SEED = 0
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["neutral", "happy", "sad", "angry"]
 
 
 @dataclass
@@ -36,35 +39,6 @@ class TinyConfig:
     optim: TinyOptim = field(default_factory=TinyOptim)
 
 
-class SpeechOnly(nn.Module):
-    """Stands in for the RACNN pretraining model: one tensor in, logits out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(3 * 4 * 8 * 8, N_CLASSES)
-
-    def forward(self, speech: torch.Tensor) -> torch.Tensor:
-        return self.head(speech.flatten(1))
-
-
-class SpeechAndLandmarks(nn.Module):
-    """Stands in for the fusion model: named inputs, returns (logits, hybrid)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.speech = nn.Linear(3 * 4 * 8 * 8, 6)
-        self.landmarks = nn.GRU(68 * 2, 6, batch_first=True)
-        self.dropout = nn.Dropout(0.5)  # eval mode must switch it off
-        self.head = nn.Linear(6, N_CLASSES)
-
-    def forward(self, speech, faces=None, landmarks=None, visual_mask=None):
-        hybrid = self.speech(speech.flatten(1))
-        if landmarks is not None:
-            _, last = self.landmarks(landmarks.flatten(2))
-            hybrid = 0.5 * hybrid + 0.5 * last[-1]
-        return self.head(self.dropout(hybrid)), hybrid
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One sqlite store for the module: MLflow's first connection is slow."""
@@ -74,20 +48,52 @@ def store(tmp_path_factory):
         yield root
 
 
-@pytest.fixture(scope="module")
-def inputs():
+def tiny_bundle_file(folder: Path, kind: str, seed: int = SEED) -> Path:
+    """A real (tiny, untrained) network saved as a bundle, as a training saves it."""
+    from avser.bundle import ModelBundle, save_bundle
+    from avser.config import load_model_config
+    from avser.features.config import FeatureConfig, KeyframeConfig
+    from avser.models.factory import build_network
+
+    model_cfg = load_model_config(REPO / "configs/model/tiny.yaml",
+                                  [f"n_classes={N_CLASSES}", f"racnn.n_classes={N_CLASSES}"])
+    torch.manual_seed(seed)
+    net = build_network(kind, model_cfg)
+    bundle = ModelBundle(kind, model_cfg, FeatureConfig(keyframes=KeyframeConfig(k=model_cfg.keyframes)),
+                         0.5, LABELS, net.state_dict(), {"note": "test"})
+    return save_bundle(bundle, folder / f"{kind}-{seed}.avser.pt")
+
+
+def fitted_head_file(folder: Path) -> tuple[Path, np.ndarray, object]:
+    from avser.heads import KLDAConfig, fit_klda_head, save_head
+
     rng = np.random.default_rng(SEED)
-    return {
-        "speech": rng.standard_normal(SPEECH_SHAPE).astype(np.float32),
-        "landmarks": rng.standard_normal(LANDMARKS_SHAPE).astype(np.float32),
-    }
+    features = rng.standard_normal((40, 6))
+    head = fit_klda_head(features, np.arange(40) % N_CLASSES, KLDAConfig())
+    path = folder / "klda_head.npz"
+    save_head(head, path)
+    return path, features, head
 
 
-def _torch_logits(model: nn.Module, example: dict[str, np.ndarray]) -> np.ndarray:
-    model.eval()
+def network_logits(bundle_path: Path, example: dict[str, np.ndarray]) -> np.ndarray:
+    from avser.bundle import load_bundle
+
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in example.items()})
-    return registry.logits_of(out).numpy()
+        out = load_bundle(bundle_path).network()(**{k: torch.from_numpy(v) for k, v in example.items()})
+    return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+def batch_of(kind: str, bundle_path: Path) -> dict[str, np.ndarray]:
+    from avser.bundle import load_bundle
+    from avser.models.factory import example_inputs
+
+    example = example_inputs(kind, load_bundle(bundle_path).model_cfg)
+    rng = np.random.default_rng(SEED)
+    batch = {k: np.repeat(v, BATCH, axis=0) for k, v in example.items()}
+    for key in ("speech", "faces", "landmarks"):
+        if key in batch:
+            batch[key] = rng.standard_normal(batch[key].shape).astype(np.float32)
+    return batch
 
 
 def _png(path: Path) -> Path:
@@ -205,62 +211,79 @@ def test_run_key_with_quotes_is_refused(store):
         tracking.start_run(EXPERIMENT, "it's", "bad")
 
 
-def test_two_input_model_round_trips_through_the_registry(store, inputs):
-    torch.manual_seed(SEED)
-    model = SpeechAndLandmarks()
-    expected = _torch_logits(model, inputs)
-    model.train()  # logged in eval mode all the same (dropout off)
+def test_a_version_loads_through_avser_and_mlflow_alike(store, tmp_path):
+    import avser
+
+    bundle = tiny_bundle_file(tmp_path, "audiovisual")
+    head_path, features, head = fitted_head_file(tmp_path)
+    batch = batch_of("audiovisual", bundle)
+    expected = network_logits(bundle, batch)
     run_id = tracking.start_run(EXPERIMENT, "fusion", "fusion")
-    uri = registry.log_torch_model(run_id, model, inputs)
-    assert model.training  # the caller's module keeps its mode
+    version = registry.register_version(run_id, "avser-test", bundle, {"protocol": "random"},
+                                        head_path=head_path, card="# a card",
+                                        metrics={"test_ua": 0.5})
+    served = registry.load_registered("avser-test", "candidate")  # mlflow.pyfunc.load_model
+    assert served.metadata.get_input_schema().input_names() == ["speech", "faces", "landmarks",
+                                                                  "visual_mask"]
+    np.testing.assert_allclose(served.predict(batch), expected, rtol=0, atol=1e-5)
+    loaded = avser.load_model("models:/avser-test@candidate")  # plain data, no pickle
+    with torch.no_grad():
+        logits = loaded.bundle.network()(**{k: torch.from_numpy(v) for k, v in batch.items()})[0]
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(loaded.klda_head.predict_proba(features), head.predict_proba(features))
+    record = tracking.client().get_model_version("avser-test", str(version))
+    assert record.description == "# a card"
+    assert record.tags["protocol"] == "random" and record.tags["metric.test_ua"] == "0.5000"
+    assert record.tags[registry.FORMAT_TAG] == registry.MODEL_FORMAT and record.run_id == run_id
 
-    version = registry.register_model(uri, "avser-test", tags={"protocol": "random"})
-    loaded = registry.load_registered("avser-test", "candidate")
-    assert loaded.metadata.get_input_schema().input_names() == ["speech", "landmarks"]
-    predicted = loaded.predict(inputs)
-    assert predicted.shape == (BATCH, N_CLASSES)
-    assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
 
-    module = registry.load_torch_model(registry.registered_model_uri("avser-test", version))
-    assert np.allclose(_torch_logits(module, inputs), expected, rtol=0, atol=1e-6)
-    registered = tracking.client().get_model_version("avser-test", str(version))
-    assert registered.tags["protocol"] == "random"
-    assert registered.run_id == run_id
-
-
-def test_single_input_model_and_alias_promotion(store, inputs):
-    torch.manual_seed(SEED)
-    model = SpeechOnly()
-    speech = {"speech": inputs["speech"]}
-    expected = _torch_logits(model, speech)
-    run_id = tracking.start_run(EXPERIMENT, "racnn", "racnn")
-    first_uri = registry.log_torch_model(run_id, model, speech)
-    first = registry.register_model(first_uri, "avser-racnn-test")
-    second_uri = registry.log_torch_model(run_id, model, speech)
-    second = registry.register_model(second_uri, "avser-racnn-test")
+def test_speech_versions_and_alias_promotion(store, tmp_path):
+    first_bundle, second_bundle = (tiny_bundle_file(tmp_path, "speech", s) for s in (1, 2))
+    speech = batch_of("speech", first_bundle)
+    run_a = tracking.start_run(EXPERIMENT, "racnn-a", "racnn-a")
+    run_b = tracking.start_run(EXPERIMENT, "racnn-b", "racnn-b")
+    first = registry.register_version(run_a, "avser-racnn-test", first_bundle, {})
+    second = registry.register_version(run_b, "avser-racnn-test", second_bundle, {})
     registry.set_alias("avser-racnn-test", "champion", first)
-
     assert second == first + 1
     aliases = tracking.client().get_registered_model("avser-racnn-test").aliases
-    assert {alias: int(v) for alias, v in aliases.items()} == {
-        "candidate": second,
-        "champion": first,
-    }
-    for alias in ("champion", "candidate", first):
+    assert {alias: int(v) for alias, v in aliases.items()} == {"candidate": second, "champion": first}
+    for alias, bundle in (("champion", first_bundle), ("candidate", second_bundle), (first, first_bundle)):
         predicted = registry.load_registered("avser-racnn-test", alias).predict(speech)
-        assert np.allclose(predicted, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(predicted, network_logits(bundle, speech), rtol=0, atol=1e-5)
     # the logged model is filed under the run's experiment, not MLflow's Default
-    logged = tracking.client().get_logged_model(first_uri.removeprefix("models:/"))
+    version = tracking.client().get_model_version("avser-racnn-test", str(first))
+    logged = tracking.client().get_logged_model(version.source.removeprefix("models:/"))
     assert logged.experiment_id == tracking.get_or_create_experiment(EXPERIMENT)
     assert logged.artifact_location.startswith((store / "artifacts").as_uri())
 
 
-def test_missing_model_input_is_named(store, inputs):
+def test_missing_model_input_is_named(store, tmp_path):
+    bundle = tiny_bundle_file(tmp_path, "audiovisual")
     run_id = tracking.start_run(EXPERIMENT, "fusion-missing", "fusion-missing")
-    uri = registry.log_torch_model(run_id, SpeechAndLandmarks(), inputs)
+    uri = registry.log_bundle_model(run_id, bundle)
     wrapper = registry.load_model(uri).unwrap_python_model()
     with pytest.raises(tracking.AvserError, match="landmarks"):
-        wrapper.predict(None, {"speech": inputs["speech"]})
+        wrapper.predict(None, {"speech": batch_of("audiovisual", bundle)["speech"]})
+
+
+def test_a_planted_pickle_and_the_old_format_are_refused(store, tmp_path):
+    import avser
+
+    bundle = tiny_bundle_file(tmp_path, "speech")
+    run_id = tracking.start_run(EXPERIMENT, "planted", "planted")
+    uri = registry.log_bundle_model(run_id, bundle)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "m")))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    planted = local / meta["flavors"]["python_function"]["artifacts"]["bundle"]["path"]
+    torch.save(nn.Linear(2, 2), planted)  # a pickled module where the state dict was
+    with pytest.raises(tracking.AvserError, match="no pickled code"):
+        avser.load_model(str(local))
+    # A version from before: its pyfunc held a pickled torch module.
+    meta["flavors"]["python_function"]["artifacts"] = {"torch_module": {"path": "artifacts/module.pt"}}
+    (local / "MLmodel").write_text(yaml.safe_dump(meta))
+    with pytest.raises(tracking.AvserError, match="old model format.*re-register"):
+        avser.load_model(str(local))
 
 
 def test_git_commit(tmp_path):
@@ -318,17 +341,13 @@ def test_standard_tags():
     assert tags["mlflow.source.git.commit"] == runs.git_commit()
 
 
-def test_a_run_registers_at_most_one_version(store, inputs, tmp_path):
-    torch.manual_seed(SEED)
-    model = SpeechOnly()
-    speech = {"speech": inputs["speech"]}
-    bundle = tmp_path / "model.avser.pt"
-    torch.save({"format": "stand-in"}, bundle)  # register_version only uploads the file
+def test_a_run_registers_at_most_one_version(store, tmp_path):
+    bundle = tiny_bundle_file(tmp_path, "speech")
     run_id = tracking.start_run(EXPERIMENT, "idempotent", "idempotent")
-    first = registry.register_version(run_id, model, speech, "avser-once", bundle, {"stage": "x"})
-    again = registry.register_version(run_id, model, speech, "avser-once", bundle, {"stage": "x"})
+    first = registry.register_version(run_id, "avser-once", bundle, {"stage": "x"})
+    again = registry.register_version(run_id, "avser-once", bundle, {"stage": "x"})
     assert again == first
     versions = tracking.client().search_model_versions("name='avser-once'")
     assert [int(v.version) for v in versions] == [first]
     other_run = tracking.start_run(EXPERIMENT, "idempotent-2", "idempotent-2")
-    assert registry.register_version(other_run, model, speech, "avser-once", bundle, {}) == first + 1
+    assert registry.register_version(other_run, "avser-once", bundle, {}) == first + 1

@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import avser
+
 import avser.platform  # noqa: F401  (keeps a local Ray on loopback; before ray is imported)
 from avser import config as configlib
 from avser.batches import collate
@@ -345,9 +347,13 @@ def test_mlflow_holds_params_metrics_figures_and_candidate(ddp_fusion_run, store
     registered = registry.load_registered("avser", "candidate")
     logits = registered.predict({name: tensor.numpy() for name, tensor in kwargs.items()})
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
-    module = registry.load_torch_model(registry.registered_model_uri("avser", "candidate"))
+    loaded = avser.load_model("models:/avser@candidate")  # plain data: bundle and KLDA head
     with torch.no_grad():
-        np.testing.assert_allclose(module(**kwargs)[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(loaded.bundle.network()(**kwargs)[0].numpy(), expected,
+                                   rtol=1e-5, atol=1e-5)
+    assert loaded.klda_head is not None  # the training's KLDA head, as arrays
+    card = client.get_model_version("avser", version.version).description
+    assert "training run" in card and "test_ua" in card and "`random`" in card
 
 
 def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, workdir, monkeypatch):

@@ -36,6 +36,7 @@ CONFIG_FILE = "config.json"
 HYBRID_FILE = "hybrid_features.npz"
 LABELS_FILE = "labels.json"
 BUNDLE_FILE = "model.avser.pt"
+KLDA_HEAD_FILE = "klda_head.npz"  # the fitted KLDA head as arrays (avser.heads.save_head)
 # How Ray Train names the checkpoint folders of a run (storage_path/name/...).
 RAY_CHECKPOINT_GLOB = "checkpoint_*"
 # Keys that may change between a run and its resumption: where and how it

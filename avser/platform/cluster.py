@@ -22,8 +22,9 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         ray.init(log_to_driver=not quiet)
     else:
         _init_local(num_cpus, quiet)
-    from avser.platform.console import print_ray_log_folder
+    from avser.platform.console import print_ray_log_folder, quiet_ray_data
 
+    quiet_ray_data()
     print_ray_log_folder()
 
 

@@ -18,6 +18,17 @@ COLUMNS = (("trial", 10), ("state", 10), ("epochs", 6), ("val UA", 7), ("best", 
 ERASE_LINE = "\x1b[2K"
 
 
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars, in this process or in the workers that read
+    its datasets: a dataset carries the driver's DataContext to the Train
+    workers and trials that iterate it, which draw a bar per pass over the
+    validation set otherwise. Jobs print their own progress (one line per
+    epoch or trial; preprocessing's clip bar)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def ray_log_folder() -> str | None:
     """Where this Ray session's logs are (None before ``ray.init``)."""
     import ray

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from avser.heads import evaluate_head, fit_klda_head
+from avser.bundle import ModelBundle, save_bundle
+from avser.heads import evaluate_head, fit_klda_head, save_head
 from avser.metrics import classification_report, plot_confusion, plot_curves
-from avser.models.factory import example_inputs
 from avser.platform import checkpoint, registry, tracking
 from avser.platform.epochs import effective_config, evaluate
-from avser.bundle import ModelBundle, save_bundle
+from avser.platform.model_card import version_card
 
 def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list[str]):
     metrics: dict[str, float] = {}
@@ -26,11 +26,17 @@ def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list
     return metrics
 
 
-def _klda_metrics(ctx, splits) -> dict[str, float]:
+def _klda_head(ctx, splits):
+    """The KLDA head fitted on the training split's hybrid features, when the stage has one."""
     if not ctx.stage.fits_klda or not ctx.cfg.klda.enabled or "train" not in splits:
-        return {}
+        return None
     train = splits["train"]
-    head = fit_klda_head(train["hybrid"], train["labels"], ctx.cfg.klda, seed=ctx.cfg.seed)
+    return fit_klda_head(train["hybrid"], train["labels"], ctx.cfg.klda, seed=ctx.cfg.seed)
+
+
+def _klda_metrics(ctx, splits, head) -> dict[str, float]:
+    if head is None:
+        return {}
     metrics = {}
     for name in ("val", "test"):
         if name in splits:
@@ -64,19 +70,29 @@ def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
     )
 
 
-def register(ctx, model, run_id: str, bundle_path: str | Path) -> int:
+def register(ctx, run_id: str, bundle_path: str | Path, head_path: str | Path | None,
+             metrics: dict[str, float]) -> int:
     name = ctx.cfg.register_as or ctx.stage.registered_name
+    card = version_card(f"{name}: {ctx.stage.network} model from run {ctx.run_name}",
+                        ctx.tracking.tags, ctx.cfg.split, ctx.label_names, metrics,
+                        made_by=f"training run `{ctx.run_name}` (stage {ctx.cfg.stage})")
     return registry.register_version(
-        run_id, model, example_inputs(ctx.stage.network, ctx.model_cfg), name, bundle_path,
-        tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage})
+        run_id, name, bundle_path, tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage},
+        head_path=head_path, card=card,
+        metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "klda_", "final_val"))})
 
 
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     """Final metrics, KLDA, figures and registration; the final checkpoint
     (best weights, hybrid features, labels, bundle) is written to ``folder``."""
-    metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits)}
+    head = _klda_head(ctx, splits)
+    metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits, head)}
     metrics["best_epoch"] = state.best_epoch
     bundle_path = save_bundle(bundle_of(ctx, model, metrics), os.path.join(folder, checkpoint.BUNDLE_FILE))
+    head_path = None
+    if head is not None:
+        head_path = os.path.join(folder, checkpoint.KLDA_HEAD_FILE)
+        save_head(head, head_path)
     checkpoint.save_hybrid_features(splits, folder)
     Path(folder, checkpoint.LABELS_FILE).write_text(json.dumps(ctx.label_names))
     run_id = state.mlflow_run_id
@@ -88,7 +104,7 @@ def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     if ctx.tracking.figures:
         _log_figures(run_id, ctx, splits, state.history)
     if ctx.tracking.register:
-        metrics["model_version"] = float(register(ctx, model, run_id, bundle_path))
+        metrics["model_version"] = float(register(ctx, run_id, bundle_path, head_path, metrics))
     tracking.finish_run(run_id)
     state.final_metrics = metrics
     checkpoint.save(folder, model.state_dict(), state, effective_config(ctx.cfg, ctx.model_cfg))

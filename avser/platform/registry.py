@@ -1,17 +1,19 @@
-"""Logged models and the MLflow model registry: logging a trained network
-as a pyfunc, registering versions with their bundle, aliases, loading.
+"""Logged models and the MLflow model registry: a trained network logged as
+a pyfunc, versions registered with a model card, aliases, loading.
 
-A version's plain-data bundle (:mod:`avser.predict`) is a run artifact whose
-path is the version's ``avser_bundle`` tag; ``avser predict --model``
-and RACNN initialisation from the registry read it with
-``torch.load(weights_only=True)``.
+A logged model holds the plain-data bundle (:mod:`avser.bundle`: state dict,
+model and feature config, label names), the KLDA head as arrays
+(:func:`avser.heads.save_head`) and a pyfunc written as MLflow "models from
+code" (:mod:`avser.platform.pyfunc_model`). ``mlflow.pyfunc.load_model``
+serves it; :func:`load_avser_model` (``avser.load_model``, ``avser predict
+--model``, RACNN initialisation from the registry) reads the files with
+``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
 """
 
 from __future__ import annotations
 
-import copy
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,72 +21,38 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
+from avser.bundle import ModelBundle, load_bundle
 from avser.errors import AvserError
+from avser.models.factory import example_inputs
 from avser.platform import tracking
+from avser.platform.pyfunc_model import BUNDLE_ARTIFACT
 
-MODULE_ARTIFACT = "torch_module"
 DEFAULT_DEVICE = "cpu"
-MODULE_FILE_NAME = "module.pt"
 # Input examples are stored as JSON inside the model: a paper-sized speech
 # tensor (3x9x224x224 floats) would add tens of MB, so only small ones are kept;
 # the signature records names, dtypes and shapes either way.
 MAX_INPUT_EXAMPLE_VALUES = 200_000
 CANDIDATE_ALIAS = "candidate"
-BUNDLE_ARTIFACT_DIR = "bundle"
-# Model-version tag: the bundle's path inside the version's run artifacts.
-BUNDLE_TAG = "avser_bundle"
-
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a forward pass: the tensor itself, or the first item of
-    a tuple such as the fusion model's ``(logits, hybrid)``."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-class TorchLogitsModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc face of a torch module: ``{input name: array}`` in, logits out.
-
-    The module itself is a ``torch.save`` artifact (its classes are imported
-    from avser at load time). ``model_config={"device": "cuda"}`` at load
-    time runs it on a GPU.
-    """
-
-    def __init__(self, input_names: Sequence[str]) -> None:
-        self.input_names = list(input_names)
-        self.module: torch.nn.Module | None = None
-        self.device = torch.device(DEFAULT_DEVICE)
-
-    def load_context(self, context) -> None:
-        self.device = torch.device((context.model_config or {}).get("device", DEFAULT_DEVICE))
-        path = context.artifacts[MODULE_ARTIFACT]
-        # weights_only=False: the file holds a whole module, written by avser itself.
-        self.module = torch.load(path, map_location=self.device, weights_only=False).eval()
-
-    # No type hints: MLflow cannot build a schema from dict[str, ndarray] hints
-    # (it warns about their absence instead); the logged signature checks inputs.
-    def predict(self, context, model_input, params=None):
-        missing = [name for name in self.input_names if name not in model_input]
-        if missing:
-            raise AvserError(f"model input lacks {missing}; it takes {self.input_names}")
-        tensors = {
-            name: torch.as_tensor(np.asarray(model_input[name]), device=self.device)
-            for name in self.input_names
-        }
-        with torch.no_grad():
-            return logits_of(self.module(**tensors)).cpu().numpy()
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+HEAD_ARTIFACT = "klda_head"
+# Version tag: the format of the logged model; versions without it are older.
+FORMAT_TAG = "avser_format"
+MODEL_FORMAT = "avser-pyfunc/2"
+# What older versions held instead: a pickled torch module.
+OLD_MODULE_ARTIFACT = "torch_module"
 
 
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    # A CPU copy in eval mode: the caller's module keeps its device and mode.
-    return copy.deepcopy(model).cpu().eval()
+@dataclass
+class LoadedModel:
+    """A registered (or logged) avser model, read without running pickled code."""
 
-
-def _example_logits(module: torch.nn.Module, input_example: Mapping[str, np.ndarray]) -> np.ndarray:
-    tensors = {name: torch.as_tensor(np.asarray(value)) for name, value in input_example.items()}
-    with torch.no_grad():
-        return logits_of(module(**tensors)).numpy()
+    bundle: ModelBundle
+    klda_head: Any | None  # the fitted KLDA pipeline, when the model has one
+    uri: str
 
 
 def _pip_requirements() -> list[str]:
@@ -92,23 +60,21 @@ def _pip_requirements() -> list[str]:
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch_version}", f"numpy=={np.__version__}"]
 
 
-def log_torch_model(
-    run_id: str,
-    model: torch.nn.Module,
-    input_example: Mapping[str, np.ndarray],
-    name: str = "model",
-) -> str:
-    """Log ``model`` as an MLflow (pyfunc) model of run ``run_id``; returns its ``models:/`` URI.
+def _example(bundle: ModelBundle) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A one-clip input example and the network's logits for it (the signature)."""
+    example = example_inputs(bundle.kind, bundle.model_cfg)
+    with torch.no_grad():
+        output = bundle.network()(**{k: torch.as_tensor(v) for k, v in example.items()})
+    logits = output[0] if isinstance(output, (tuple, list)) else output
+    return example, logits.float().numpy()
 
-    ``input_example`` maps forward()'s argument names to arrays (e.g.
-    ``{"speech": ..., "landmarks": ...}``); the pyfunc takes such a dict and
-    returns the logits (the first output when forward returns a tuple). The
-    signature is inferred from the example and its logits. Pass the bare
-    module, not a DDP wrapper.
-    """
-    input_example = {key: np.asarray(value) for key, value in input_example.items()}
-    module = _frozen_copy(model)
-    logits = _example_logits(module, input_example)
+
+def log_bundle_model(run_id: str, bundle_path: str | Path, head_path: str | Path | None = None,
+                     name: str = "model") -> str:
+    """Log a bundle (and its KLDA head) as an MLflow pyfunc model of run ``run_id``,
+    the pyfunc written as models from code; returns its ``models:/`` URI."""
+    bundle = load_bundle(bundle_path)
+    example, logits = _example(bundle)
     mlflow_client = tracking.client()
     run = mlflow_client.get_run(run_id)
     # Created here rather than by Model.log, which would file the model under
@@ -116,27 +82,57 @@ def log_torch_model(
     logged = mlflow_client.create_logged_model(
         experiment_id=run.info.experiment_id, name=name, source_run_id=run_id
     )
-    small = sum(v.size for v in input_example.values()) <= MAX_INPUT_EXAMPLE_VALUES
+    small = sum(v.size for v in example.values()) <= MAX_INPUT_EXAMPLE_VALUES
+    artifacts = {BUNDLE_ARTIFACT: str(bundle_path)}
+    if head_path is not None:
+        artifacts[HEAD_ARTIFACT] = str(head_path)
     tracking.point_fluent_api_at_store()
-    with tempfile.TemporaryDirectory() as tmp:
-        module_path = Path(tmp) / MODULE_FILE_NAME
-        torch.save(module, module_path)
-        info = Model.log(
-            artifact_path=None,  # deprecated in MLflow 3 but still positional; `name` names it
-            name=name,
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=TorchLogitsModel(list(input_example)),
-            artifacts={MODULE_ARTIFACT: str(module_path)},
-            signature=infer_signature(input_example, logits),
-            input_example=input_example if small else None,
-            pip_requirements=_pip_requirements(),
-            # Declared so that load_model(..., model_config={"device": ...}) may override it.
-            model_config={"device": DEFAULT_DEVICE},
-            metadata={"avser_inputs": list(input_example), "avser_output": "logits"},
-        )
+    info = Model.log(
+        artifact_path=None,  # deprecated in MLflow 3 but still positional; `name` names it
+        name=name,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=logged.model_id,
+        python_model=str(PYFUNC_CODE),
+        artifacts=artifacts,
+        signature=infer_signature(example, logits),
+        input_example=example if small else None,
+        pip_requirements=_pip_requirements(),
+        # Declared so that load_model(..., model_config={"device": ...}) may override it.
+        model_config={"device": DEFAULT_DEVICE},
+        metadata={"avser_format": MODEL_FORMAT, "avser_inputs": list(example),
+                  "avser_output": "logits"},
+    )
     return info.model_uri
+
+
+def load_avser_model(uri: str) -> LoadedModel:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local
+    model folder -> its bundle and KLDA head, read as plain data (no pickle)."""
+    from avser.heads import load_head
+
+    local = Path(uri) if Path(uri).is_dir() else Path(_download(uri))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if OLD_MODULE_ARTIFACT in artifacts or BUNDLE_ARTIFACT not in artifacts:
+        raise AvserError(
+            f"{uri} is in avser's old model format (a pickled torch module), which avser no "
+            "longer loads because loading it would run code; re-register it by running its "
+            "training or search again (a finished run registers the new format)")
+    head = artifacts.get(HEAD_ARTIFACT)
+    return LoadedModel(
+        bundle=load_bundle(local / artifacts[BUNDLE_ARTIFACT]["path"]),
+        klda_head=load_head(local / head["path"]) if head else None,
+        uri=uri,
+    )
+
+
+def _download(uri: str) -> str:
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                   tracking_uri=tracking.tracking_uri())
+    except MlflowException as exc:
+        raise _not_found(uri, exc) from exc
 
 
 def register_model(
@@ -180,14 +176,6 @@ def load_registered(
     return load_model(registered_model_uri(name, alias_or_version), device)
 
 
-def load_torch_model(model_uri: str, device: str = DEFAULT_DEVICE) -> torch.nn.Module:
-    """The torch module inside a model logged by ``log_torch_model`` (eval mode)."""
-    wrapper = load_model(model_uri, device).unwrap_python_model()
-    if not isinstance(wrapper, TorchLogitsModel):
-        raise AvserError(f"{model_uri} was not logged by avser's log_torch_model")
-    return wrapper.module
-
-
 def registered_version_of(name: str, run_id: str) -> int | None:
     """The version of ``name`` that run ``run_id`` already registered, if any."""
     try:
@@ -197,18 +185,24 @@ def registered_version_of(name: str, run_id: str) -> int | None:
     return min((int(v.version) for v in found), default=None)
 
 
-def register_version(run_id: str, model: torch.nn.Module, input_example: Mapping[str, np.ndarray],
-                     name: str, bundle_path: str | Path, tags: Mapping[str, Any]) -> int:
-    """Log ``model`` and its bundle under ``run_id`` and register them as a
-    new version of ``name`` with the ``candidate`` alias. Idempotent: a run
-    that registered before (killed after registering, resumed, or a finished
-    search run again) gets its version back, and nothing new is logged."""
+def register_version(run_id: str, name: str, bundle_path: str | Path, tags: Mapping[str, Any],
+                     head_path: str | Path | None = None, card: str = "",
+                     metrics: Mapping[str, float] | None = None) -> int:
+    """Log a bundle (and KLDA head) under ``run_id`` and register it as a new
+    version of ``name`` with the ``candidate`` alias, ``card`` as its
+    description and ``metrics`` as tags. Idempotent: a run that registered
+    before (killed after registering, resumed, or a finished search run
+    again) gets its version back, and nothing new is logged."""
     existing = registered_version_of(name, run_id)
     if existing is not None:
         return existing
-    artifact = tracking.log_artifact_file(run_id, bundle_path, BUNDLE_ARTIFACT_DIR)
-    uri = log_torch_model(run_id, model.eval(), input_example)
-    return register_model(uri, name, alias=CANDIDATE_ALIAS, tags={**tags, BUNDLE_TAG: artifact})
+    uri = log_bundle_model(run_id, bundle_path, head_path)
+    metric_tags = {f"metric.{k}": f"{v:.4f}" for k, v in (metrics or {}).items()}
+    version = register_model(uri, name, alias=CANDIDATE_ALIAS,
+                             tags={**tags, **metric_tags, FORMAT_TAG: MODEL_FORMAT})
+    if card:
+        tracking.client().update_model_version(name, str(version), description=card)
+    return version
 
 
 def _registered_names() -> list[str]:
@@ -253,33 +247,15 @@ def promote(name: str, alias: str, source: str = CANDIDATE_ALIAS,
     return str(found)
 
 
-def download_bundle(name: str, alias_or_version: str, version=None) -> str:
-    """Local path of the bundle of a registered version (``version``: its
-    record, when the caller has already looked it up)."""
-    version = version or model_version(name, alias_or_version)
-    artifact = version.tags.get(BUNDLE_TAG)
-    if not artifact:
-        raise AvserError(f"{name}@{alias_or_version} (version {version.version}) has no model "
-                         "bundle: it was registered before avser saved bundles; train it again "
-                         "to re-register")
-    return mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=artifact,
-                                               tracking_uri=tracking.tracking_uri())
-
-
-def download_registered_bundle(model: str) -> str:
-    """``--model NAME@ALIAS`` (or ``NAME/VERSION``) -> the local bundle path."""
+def load_registered_model(model: str) -> LoadedModel:
+    """``--model NAME@ALIAS`` (or ``NAME/VERSION``) -> the registered model, as plain data."""
     name, sep, alias = model.replace("/", "@").partition("@")
     if not sep or not name or not alias:
         raise AvserError(f"--model {model!r}: write NAME@ALIAS, e.g. avser-racnn@candidate")
-    return download_bundle(name, alias)
+    model_version(name, alias)  # a clear error when there is no such version
+    return load_avser_model(registered_model_uri(name, alias))
 
 
 def load_registered_state(name: str, alias_or_version: str) -> dict[str, torch.Tensor]:
-    """A registered version's weights: from its bundle (no code runs), or for
-    a version registered before bundles, from its logged module."""
-    version = model_version(name, alias_or_version)
-    if version.tags.get(BUNDLE_TAG):
-        from avser.bundle import load_bundle
-
-        return load_bundle(download_bundle(name, alias_or_version, version)).state_dict
-    return load_torch_model(registered_model_uri(name, alias_or_version)).state_dict()
+    """A registered version's weights, from its bundle (no code runs)."""
+    return load_registered_model(f"{name}@{alias_or_version}").bundle.state_dict

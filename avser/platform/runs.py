@@ -6,10 +6,12 @@ the Ray workers with the loop config.
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-from collections.abc import Iterable, Mapping
 import dataclasses
+import hashlib
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ PROTOCOL_TAG = "avser.protocol"
 CORPUS_TAG = "avser.corpus"
 DATA_HASH_TAG = "avser.data_hash"
 VERSION_TAG = "avser.version"
+COMMAND_TAG = "avser.command"  # the driver's command line
 HASH_CHARS = 16  # same length as avser.config.config_hash
 GIT_TIMEOUT_S = 10
 UNKNOWN_COMMIT = "unknown"
@@ -146,6 +149,7 @@ def standard_tags(
         DATA_HASH_TAG: data_hash,
         MLFLOW_GIT_COMMIT: git_commit(),
         VERSION_TAG: avser.__version__,
+        COMMAND_TAG: " ".join(["python", *map(shlex.quote, sys.argv)]),
     }
     tags.update(extra or {})
     return {key: str(value) for key, value in tags.items()}

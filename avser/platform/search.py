@@ -7,7 +7,6 @@ the trial's run name, so a resumed trial never makes a second child).
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,13 @@ import pandas as pd
 
 from avser import config as configlib
 from avser.data.splits import make_splits
-from avser.heads import KLDAConfig, evaluate_head, fit_klda_head
-from avser.models.factory import example_inputs
+from avser.heads import KLDAConfig, evaluate_head, fit_klda_head, save_head
 from avser.platform import checkpoint, registry, runs, tracking
 from avser.platform.config import TrainConfig, resolve_paths
 from avser.platform.experiments import datasets_for, model_config_for, store_setup
 from avser.platform.registry import CANDIDATE_ALIAS
-from avser.platform.stages import FUSION, build_stage_model
+from avser.platform.model_card import version_card
+from avser.platform.stages import FUSION
 from avser.platform.train import FINISHED_KEY
 from avser.platform.tune import (
     TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda, storage_uri,
@@ -114,20 +113,20 @@ def _test_metrics(trial, features, head, labels) -> dict[str, float]:
     return metrics
 
 
-def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id) -> int:
-    cfg = apply_params(base, params)
-    model_cfg = model_config_for(cfg, len(labels))
-    model = build_stage_model(FUSION, model_cfg)
-    model.load_state_dict(checkpoint.load_model_state(trial[CHECKPOINT_KEY]))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "klda_head.pkl")
-        path.write_bytes(pickle.dumps(head))
-        tracking.client().log_artifact(parent_id, str(path), "klda")
+def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id, tags,
+                   metrics) -> int:
+    """The best trial's network with the searched KLDA head, as one version."""
     tags = {"parent_run_id": parent_id, "trial_id": str(trial["trial_id"]), "search": tcfg.name,
-            "klda_gamma": str(klda_cfg.gamma), "klda_reg": str(klda_cfg.reg)}
+            "klda_gamma": str(klda_cfg.gamma), "klda_reg": str(klda_cfg.reg), **tags}
     bundle = Path(trial[CHECKPOINT_KEY]) / checkpoint.BUNDLE_FILE
-    return registry.register_version(parent_id, model, example_inputs(FUSION.network, model_cfg),
-                                     tcfg.register_as, bundle, tags)
+    card = version_card(f"{tcfg.register_as}: best of search {tcfg.name}", tags, base.split, labels,
+                        metrics, made_by=f"search `{tcfg.name}`: trial {trial['trial_id']} "
+                        f"({params}), KLDA gamma {klda_cfg.gamma:.3g}, reg {klda_cfg.reg:.3g}")
+    with tempfile.TemporaryDirectory() as tmp:
+        head_path = Path(tmp, checkpoint.KLDA_HEAD_FILE)
+        save_head(head, head_path)
+        return registry.register_version(parent_id, tcfg.register_as, bundle, tags,
+                                         head_path=head_path, card=card, metrics=metrics)
 
 
 def drop_forgotten_children(parent_id: str, trial_ids: set[str]) -> int:
@@ -203,6 +202,9 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     tracking.log_metrics(parent_id, {"best_network_val_ua": result.network_val_ua,
                                      "best_klda_val_ua": result.klda_val_ua,
                                      "klda_seconds_per_trial": per_trial, **result.test_metrics}, step=0)
-    result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id)
+    metrics = {"network_val_ua": result.network_val_ua, "klda_val_ua": result.klda_val_ua,
+               **result.test_metrics}
+    result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, head, labels,
+                                          parent_id, setup.tags, metrics)
     tracking.finish_run(parent_id)
     return result
