@@ -18,7 +18,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from avser import config
     from avser.data.synthetic import SynthConfig, generate_corpus
 
-    cfg = config.load(SynthConfig, args.config)
+    cfg = config.load(SynthConfig, args.config, args.set)
     clips = generate_corpus(args.out, args.clips, seed=args.seed, cfg=cfg, progress=not args.quiet)
     print(f"wrote {len(clips)} clips to {args.out}")
     return 0
@@ -127,11 +127,25 @@ def _cmd_models_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from avser.platform import registry, tracking
+    from avser import config
+    from avser.platform import tracking
+    from avser.platform.promotion import PromotionGate, promote_gated
 
-    version = registry.promote(args.name, args.alias, source=args.source, version=args.version)
-    print(f"{args.name} version {version} now has alias {args.alias} ({tracking.tracking_uri()})")
-    return 0
+    if args.force and not args.reason:
+        raise AvserError("--force needs --reason TEXT: the registry records why the gate was skipped")
+    if not Path(args.gate).is_file():
+        raise AvserError(f"no promotion gate at {args.gate}; give --gate FILE (see "
+                         "configs/promotion.yaml)")
+    gate = config.load(PromotionGate, args.gate)
+    decision = promote_gated(args.name, args.source, args.target, gate,
+                             force_reason=args.reason if args.force else None)
+    for who, report in decision.scores.items():
+        print(f"{who} (version {report['version']}): UA {report['ua']:.1%}, WA {report['wa']:.1%} "
+              f"on {report['n']} clips of {gate.manifest}")
+    verdict = "promoted" if decision.promote else "refused"
+    print(f"{verdict}: {decision.reason}")
+    print(f"decision recorded: MLflow run {decision.run_id} ({tracking.tracking_uri()})")
+    return 0 if decision.promote else 1
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -191,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--config", default=None,
                        help="a SynthConfig YAML, e.g. configs/synthetic_demo.yaml")
+    synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="generator override, e.g. first_speaker=9 (new speakers)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
 
@@ -217,11 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--config", required=True)
     summary.set_defaults(func=_cmd_models_summary)
 
-    promote = sub.add_parser("promote", help="point a registry alias (e.g. champion) at a version")
+    promote = sub.add_parser("promote", help="move an alias (e.g. candidate -> champion) "
+                                            "when the candidate passes the promotion gate")
     promote.add_argument("--name", default="avser", help="registered model: avser | avser-racnn")
-    promote.add_argument("--version", default=None, help="version number; default: the --source alias")
-    promote.add_argument("--source", default="candidate", help="alias to promote from")
-    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--from", dest="source", default="candidate",
+                         help="alias (or version number) of the candidate")
+    promote.add_argument("--to", dest="target", default="champion", help="alias to give it")
+    promote.add_argument("--gate", default="configs/promotion.yaml",
+                         help="the gate: evaluation manifest, margins, floors")
+    promote.add_argument("--force", action="store_true", help="promote whatever the gate says")
+    promote.add_argument("--reason", default=None, help="why --force (recorded)")
     promote.set_defaults(func=_cmd_promote)
 
     predict = sub.add_parser("predict", help="emotion probabilities of audio or video files")

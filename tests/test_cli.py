@@ -86,5 +86,5 @@ def test_promote_of_an_unknown_model_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["promote", "--name", "nope"]) == EXIT_BAD_INPUT
     assert_one_error_line(capsys.readouterr().err, "nope@candidate", "mlflow.db",
                           "no registered model")
-    assert cli.main(["promote", "--name", "nope", "--version", "3"]) == EXIT_BAD_INPUT
+    assert cli.main(["promote", "--name", "nope", "--from", "3"]) == EXIT_BAD_INPUT
     assert_one_error_line(capsys.readouterr().err, "model nope version 3")

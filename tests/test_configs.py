@@ -14,12 +14,13 @@ from avser.errors import AvserError, ConfigError
 from avser.features.augment import SpeechAugmentConfig
 from avser.models.config import ModelConfig
 from avser.platform.config import PreprocessConfig, TrainConfig
+from avser.platform.promotion import PromotionGate
 from avser.platform.tune import TuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 KIND_BY_PREFIX = {"model/": ModelConfig, "preprocess_": PreprocessConfig, "tune_": TuneConfig,
                   "train_": TrainConfig, "pretrain_": TrainConfig, "ablation_": TrainConfig,
-                  "synthetic_": SynthConfig}
+                  "synthetic_": SynthConfig, "promotion": PromotionGate}
 CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml"))
 
 

@@ -28,10 +28,12 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] +
                                 ([base] if base else []))
-            found.add(base)
-            # "from avser.platform import tracking" imports a module too.
-            found.update(f"{base}.{alias.name}" for alias in node.names
-                         if f"{base}.{alias.name}" in modules)
+            # "from avser.platform import tracking" imports that module; the
+            # package itself counts only when a name is not a module of it.
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found.update(submodules)
+            if len(submodules) < len(node.names):
+                found.add(base)
     return found
 
 

@@ -183,7 +183,9 @@ def run_training(cfg: TrainConfig, store: str | Path, extra_tags: dict[str, str]
     parent_id = _parent_run(cfg, splits, setup.tags, parent_key)
     info = runs.tracking_info(cfg.experiment, setup, parent_run_id=parent_id, register=True,
                               shard_log_dir=shard_log_dir)
-    folds = [_run_fold(cfg, model_cfg, store, setup, split, info.with_tags(split=split.name))
+    folds = [_run_fold(cfg, model_cfg, store, setup, split,
+                       info.with_tags(split=split.name, **runs.speakers_tag(
+                           setup.meta, [*split.train, *split.val])))
              for split in splits]
     result = ExperimentResult(folds=folds, summary=_summarize(folds), parent_run_id=parent_id)
     if parent_id:

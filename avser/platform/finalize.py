@@ -77,7 +77,8 @@ def register(ctx, run_id: str, bundle_path: str | Path, head_path: str | Path | 
                         ctx.tracking.tags, ctx.cfg.split, ctx.label_names, metrics,
                         made_by=f"training run `{ctx.run_name}` (stage {ctx.cfg.stage})")
     return registry.register_version(
-        run_id, name, bundle_path, tags={"run_name": ctx.run_name, "stage": ctx.cfg.stage},
+        run_id, name, bundle_path,
+        tags={**ctx.tracking.tags, "run_name": ctx.run_name, "stage": ctx.cfg.stage},
         head_path=head_path, card=card,
         metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "klda_", "final_val"))})
 

@@ -30,6 +30,16 @@ CORPUS_TAG = "avser.corpus"
 DATA_HASH_TAG = "avser.data_hash"
 VERSION_TAG = "avser.version"
 COMMAND_TAG = "avser.command"  # the driver's command line
+# Speakers of a run's training and validation clips: a promotion gate checks
+# that its evaluation speakers are none of them.
+TRAIN_SPEAKERS_TAG = "avser.train_speakers"
+SPEAKER_SEPARATOR = ","
+
+
+def speakers_tag(meta: pd.DataFrame, rows) -> dict[str, str]:
+    """``{TRAIN_SPEAKERS_TAG: "a,b,c"}`` for the given row positions of ``meta``."""
+    speakers = sorted(map(str, meta["speaker"].iloc[list(rows)].unique()))
+    return {TRAIN_SPEAKERS_TAG: SPEAKER_SEPARATOR.join(speakers)}
 HASH_CHARS = 16  # same length as avser.config.config_hash
 GIT_TIMEOUT_S = 10
 UNKNOWN_COMMIT = "unknown"

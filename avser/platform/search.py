@@ -204,7 +204,8 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
                                      "klda_seconds_per_trial": per_trial, **result.test_metrics}, step=0)
     metrics = {"network_val_ua": result.network_val_ua, "klda_val_ua": result.klda_val_ua,
                **result.test_metrics}
+    tags = {**setup.tags, **runs.speakers_tag(setup.meta, [*split.train, *split.val])}
     result.model_version = _register_best(tcfg, base, trial, params, klda_cfg, head, labels,
-                                          parent_id, setup.tags, metrics)
+                                          parent_id, tags, metrics)
     tracking.finish_run(parent_id)
     return result

@@ -67,6 +67,9 @@ class SynthConfig:
 
     emotions: tuple[str, ...] = EMOTIONS
     n_speakers: int = 8
+    # Speakers are numbered from here: a held-out corpus (e.g. first_speaker 9)
+    # has speakers, and names, that a training corpus starting at 1 never had.
+    first_speaker: int = 1
     fps: int = 25
     duration_s: tuple[float, float] = (2.0, 4.0)
     width: int = 320
@@ -135,8 +138,8 @@ def validate(cfg: SynthConfig) -> None:
             "SynthConfig width and height must be even for yuv420p video, "
             f"got {cfg.width}x{cfg.height}"
         )
-    if cfg.n_speakers < 1 or cfg.fps < 1:
-        raise ConfigError("SynthConfig.n_speakers and fps must be positive")
+    if cfg.n_speakers < 1 or cfg.fps < 1 or cfg.first_speaker < 1:
+        raise ConfigError("SynthConfig.n_speakers, first_speaker and fps must be positive")
     if not 0 <= cfg.label_overlap < MAX_OVERLAP:
         raise ConfigError(
             f"SynthConfig.label_overlap must be in [0, {MAX_OVERLAP}), got {cfg.label_overlap}: "
@@ -157,7 +160,7 @@ def plan_clip(cfg: SynthConfig, seed: int, index: int) -> ClipPlan:
 
     return ClipPlan(
         index=index,
-        speaker=(index // n_emotions) % cfg.n_speakers + 1,
+        speaker=(index // n_emotions) % cfg.n_speakers + cfg.first_speaker,
         label=label,
         emotion=cfg.emotions[label],
         intensity=float(rng.uniform(*cfg.intensity)),
