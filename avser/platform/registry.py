@@ -128,6 +128,9 @@ def load_avser_model(uri: str) -> LoadedModel:
 
 
 def _download(uri: str) -> str:
+    # A models:/ URI is resolved through the registry, which mlflow finds from
+    # its process-wide URI, not from the tracking_uri argument.
+    tracking.point_fluent_api_at_store()
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri,
                                                    tracking_uri=tracking.tracking_uri())
