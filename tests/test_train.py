@@ -46,7 +46,7 @@ from avser.data import store as feature_store
 from avser.data.splits import make_splits
 from avser.models.factory import racnn_input_config
 from avser.models.fusion import AudioVisualSER
-from avser.platform import registry, tracking
+from avser.platform import registry, runs, tracking
 from avser.platform.runs import TrackingInfo
 from avser.platform.stages import build_stage_model
 from avser.predict import predict_files, resolve_bundle
@@ -509,3 +509,75 @@ def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, 
         (test_wa,) = metric_history(run_id, "test_wa")
         assert test_wa.step == epochs and test_wa.timestamp > restarted_at * 1000
         assert client.get_model_version_by_alias("avser", "candidate").run_id == run_id
+
+
+class InProcessSession:
+    """The loop in this process: materialized datasets, checkpoints kept in a folder."""
+
+    rank = 0
+
+    def __init__(self, datasets, keep: Path) -> None:
+        self.datasets, self.keep, self.reports = datasets, keep, 0
+
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def dataset(self, name: str):
+        dataset = self.datasets.get(name)
+        return dataset.iterator() if dataset is not None else None
+
+    def latest_checkpoint(self):
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(str(self.keep)) if self.keep.is_dir() else None
+
+    def report(self, metrics, folder=None, checkpoint=None) -> None:
+        import shutil
+
+        self.reports += 1
+        if folder:  # what Ray persists when a report carries a checkpoint
+            shutil.rmtree(self.keep, ignore_errors=True)
+            shutil.copytree(folder, self.keep)
+
+    def prepare_model(self, model, find_unused_parameters: bool):
+        return model
+
+
+def test_a_run_killed_after_registering_registers_once_when_resumed(
+        ray_local, store, workdir, monkeypatch):
+    """Killed between registration and its final checkpoint, then resumed: one version."""
+    from avser.data.splits import make_splits
+    from avser.platform import finalize
+    from avser.platform.epochs import LoopContext
+    from avser.platform.experiments import (
+        datasets_for, loop_config_for, model_config_for, store_setup)
+    from avser.platform.train import run_loop
+
+    cfg = train_config(workdir / "ray-killed", "killed", "optim.max_epochs=1",
+                       "register_as=avser-killed")
+    setup = store_setup(store, cfg.split.protocol, {"stage": cfg.stage})
+    split = make_splits(setup.meta, cfg.split)[0]
+    model_cfg = model_config_for(cfg, len(setup.label_names))
+    info = runs.tracking_info(cfg.experiment, setup, register=True)
+    ctx = LoopContext.from_loop_config(loop_config_for(cfg, model_cfg, setup.label_names,
+                                                       "killed-run", info, setup.feature_cfg))
+    datasets = {name: ds.materialize() for name, ds in datasets_for(store, setup.meta, split, cfg).items()}
+    session = InProcessSession(datasets, workdir / "killed-checkpoint")
+
+    real_register = finalize.registry.register_version
+
+    def register_then_die(*args, **kwargs):  # the final checkpoint is never written
+        real_register(*args, **kwargs)
+        raise KeyboardInterrupt("killed after registering")
+
+    monkeypatch.setattr(finalize.registry, "register_version", register_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(ctx, session)
+    client = tracking.client()
+    assert len(client.search_model_versions("name='avser-killed'")) == 1
+
+    monkeypatch.setattr(finalize.registry, "register_version", real_register)
+    run_loop(ctx, session)  # resumes from the last epoch's checkpoint, finishes again
+    versions = client.search_model_versions("name='avser-killed'")
+    assert [int(v.version) for v in versions] == [1]
+    assert str(client.get_model_version_by_alias("avser-killed", "candidate").version) == "1"

@@ -41,6 +41,8 @@ class SearchResult:
     klda_seconds_per_trial: float
     model_version: int | None
     parent_run_id: str
+    protocol: str = ""  # of the split the trials trained and were tested on
+    n_test: int = 0
 
     def summary(self) -> str:
         lines = [
@@ -48,8 +50,8 @@ class SearchResult:
             f"KLDA head val UA {100 * self.klda_val_ua:.2f}% "
             f"(gamma={self.klda_params.get('gamma', float('nan')):.3g}, "
             f"reg={self.klda_params.get('reg', float('nan')):.3g})",
-            "test (reported once, never used for selection): "
-            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.test_metrics.items()),
+            f"test UA, protocol `{self.protocol}`, {self.n_test} clips (reported once, never used "
+            "for selection): " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.test_metrics.items()),
         ]
         if self.model_version is not None:
             lines.append(f"registered avser version {self.model_version} with alias {CANDIDATE_ALIAS}")
@@ -197,6 +199,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
         klda_val_ua=float(study.best_value), klda_params=dict(study.best_params),
         test_metrics=_test_metrics(trial, features, head, labels),
         klda_seconds_per_trial=per_trial, model_version=None, parent_run_id=parent_id,
+        protocol=base.split.protocol, n_test=len(split.test),
     )
     _log_search(parent_id, trials, tcfg, {**params, **{f"klda.{k}": v for k, v in study.best_params.items()}})
     tracking.log_metrics(parent_id, {"best_network_val_ua": result.network_val_ua,
