@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from avser.data.splits import SplitConfig
-from avser.platform.runs import COMMAND_TAG, CORPUS_TAG, DATA_HASH_TAG, MLFLOW_GIT_COMMIT, PROTOCOL_TAG
+from avser.platform.runs import COMMAND_TAG, CORPUS_TAG, DATA_HASH_TAG, MLFLOW_GIT_COMMIT
 
 # Metrics shown first, in this order, when a run has them.
 HEADLINE_METRICS = ("final_val_ua", "test_ua", "test_wa", "test_f1", "klda_val_ua", "klda_test_ua",

@@ -18,13 +18,13 @@ from avser.data.splits import make_splits
 from avser.heads import KLDAConfig, evaluate_head, fit_klda_head, save_head
 from avser.platform import checkpoint, registry, runs, tracking
 from avser.platform.config import TrainConfig, resolve_paths
-from avser.platform.experiments import datasets_for, model_config_for, store_setup
+from avser.platform.experiments import datasets_for, store_setup
 from avser.platform.registry import CANDIDATE_ALIAS
 from avser.platform.model_card import version_card
 from avser.platform.stages import FUSION
 from avser.platform.train import FINISHED_KEY
 from avser.platform.tune import (
-    TuneConfig, TuneJob, apply_params, build_tuner, parse_space, search_klda, storage_uri,
+    TuneConfig, TuneJob, build_tuner, parse_space, search_klda, storage_uri,
 )
 
 CHECKPOINT_KEY = "checkpoint_path"
