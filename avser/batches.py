@@ -95,6 +95,25 @@ def _row(batch: Mapping[str, Any], i: int) -> dict[str, Any]:
     return {key: values[i] for key, values in batch.items()}
 
 
+def visual_arrays(clips: Sequence[tuple[np.ndarray | None, Sequence[bytes] | None]],
+                  face_size: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces (N, K, 3, S, S), landmarks (N, K, 68, 2) and the visual mask (N,)
+    of clips given as (keyframe landmarks, face JPEGs); zeros and False for a
+    clip without a face."""
+    n = len(clips)
+    faces = np.zeros((n, k, 3, face_size, face_size), dtype=np.float32)
+    landmarks = np.zeros((n, k, N_LANDMARKS, 2), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    for i, (points, jpegs) in enumerate(clips):
+        if points is None or jpegs is None or len(jpegs) == 0:
+            continue
+        count = min(k, len(points))
+        landmarks[i, :count] = points[:count]
+        faces[i, :count] = face_tensor(list(jpegs)[:count], face_size)
+        mask[i] = True
+    return faces, landmarks, mask
+
+
 def collate(
     batch: Mapping[str, Any], face_size: int, k: int, with_visual: bool = True
 ) -> ModelInputs:
@@ -103,24 +122,11 @@ def collate(
     ``with_visual=False`` (speech pretraining) skips JPEG decoding; the visual
     tensors then stay zero and the mask False.
     """
-    n = len(batch["clip_id"])
-    faces = np.zeros((n, k, 3, face_size, face_size), dtype=np.float32)
-    landmarks = np.zeros((n, k, N_LANDMARKS, 2), dtype=np.float32)
-    mask = np.zeros(n, dtype=bool)
-    logmels = []
-    for i in range(n):
-        row = _row(batch, i)
-        logmels.append(torch.from_numpy(decode_logmel(row).copy()))
-        if not with_visual:
-            continue
-        points = decode_landmarks(row)
-        jpegs = row.get("face_jpegs")
-        if points is None or jpegs is None or len(jpegs) == 0:
-            continue
-        count = min(k, len(points))
-        landmarks[i, :count] = points[:count]
-        faces[i, :count] = face_tensor(list(jpegs)[:count], face_size)
-        mask[i] = True
+    rows = [_row(batch, i) for i in range(len(batch["clip_id"]))]
+    logmels = [torch.from_numpy(decode_logmel(row).copy()) for row in rows]
+    visual = [(decode_landmarks(row), row.get("face_jpegs")) if with_visual else (None, None)
+              for row in rows]
+    faces, landmarks, mask = visual_arrays(visual, face_size, k)
     return ModelInputs(
         logmels=logmels,
         faces=torch.from_numpy(faces),

@@ -8,6 +8,7 @@ features only; it is evaluated next to the network's own FC head.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +112,6 @@ def _rebuild(spec: dict, arrays) -> object:
 
 def save_head(head: Pipeline, path) -> None:
     """Write a fitted head as an ``.npz`` of arrays and a JSON spec (no pickle)."""
-    import json
-
     arrays: dict[str, np.ndarray] = {}
     steps = [{"name": name, **_describe(step, f"{name}.", arrays)} for name, step in head.steps]
     spec = json.dumps({"format": HEAD_FORMAT, "steps": steps})
@@ -122,8 +121,6 @@ def save_head(head: Pipeline, path) -> None:
 
 def load_head(path) -> Pipeline:
     """The head :func:`save_head` wrote; ``allow_pickle=False`` throughout."""
-    import json
-
     with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     spec = json.loads(arrays.pop(SPEC_KEY).tobytes().decode())

@@ -19,14 +19,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from avser.batches import face_tensor
+from avser.batches import visual_arrays
 from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle
 from avser.data.manifest import Clip
 from avser.errors import AvserError, ClipError, MissingFileError, NoFaceError, TooFewFramesError
 from avser.features.audio import load_logmel
 from avser.features.clip import ClipFeatures, extract_clip
 from avser.features.landmarks import make_landmark_backend
-from avser.landmark_regions import N_LANDMARKS
 from avser.models.factory import SPEECH
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -122,19 +121,10 @@ def _beside(path: Path, suffix: str) -> str | None:
 
 def _visual_tensors(inputs: Sequence[FileInputs], bundle: ModelBundle):
     """Faces, landmarks and the visual mask of a batch of files, as ``collate`` builds them."""
-    n, k = len(inputs), bundle.model_cfg.keyframes
-    size = bundle.model_cfg.appearance.image_size
-    faces = torch.zeros(n, k, 3, size, size)
-    landmarks = torch.zeros(n, k, N_LANDMARKS, 2)
-    mask = torch.zeros(n, dtype=torch.bool)
-    for i, item in enumerate(inputs):
-        if item.visual is None:
-            continue
-        count = min(k, len(item.visual.landmarks))
-        faces[i, :count] = torch.from_numpy(face_tensor(item.visual.face_jpegs[:count], size))
-        landmarks[i, :count] = torch.from_numpy(item.visual.landmarks[:count])
-        mask[i] = True
-    return faces, landmarks, mask
+    clips = [(x.visual.landmarks, x.visual.face_jpegs) if x.visual is not None else (None, None)
+             for x in inputs]
+    arrays = visual_arrays(clips, bundle.model_cfg.appearance.image_size, bundle.model_cfg.keyframes)
+    return tuple(torch.from_numpy(a) for a in arrays)
 
 
 @torch.no_grad()

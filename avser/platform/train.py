@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-import ray.data
 
 from avser import recipe
 from avser.platform import checkpoint, finalize, tracking
@@ -109,9 +108,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def run_loop(ctx: LoopContext, session: LoopSession) -> None:
     """Train ``ctx``'s run to its end (or its early stop) in ``session``,
     resuming from the session's latest checkpoint."""
-    # The loop prints one line per epoch; Ray Data's bars for every pass over
-    # the validation and test sets would bury it in the job log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
     torch.manual_seed(ctx.cfg.seed)
     if ctx.cfg.torch_threads:
         torch.set_num_threads(ctx.cfg.torch_threads)
