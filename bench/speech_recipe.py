@@ -4,7 +4,7 @@ plain PyTorch process (no Ray), on one split of a feature store.
     .venv/bin/python bench/speech_recipe.py --name NAME --protocol speaker \
         --test-speakers Actor_13,Actor_14,Actor_15,Actor_16 \
         [--config configs/pretrain_ravdess.yaml] [--set optim.lr=3e-4 ...] \
-        [--model-set racnn.input_size=112 ...] [--out out/recipe]
+        [--model-set racnn.input_size=112 ...] [--exclude-speakers A,B] [--out out/recipe]
 
 It runs the same ``train_one_epoch``/``predict``/early stopping as
 ``jobs/pretrain_racnn.py`` over the same splits, so a recipe found here is a
@@ -40,6 +40,9 @@ def parse_args() -> argparse.Namespace:
                         help="training config override")
     parser.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override, e.g. racnn.input_size=112")
+    parser.add_argument("--exclude-speakers", default="",
+                        help="comma-separated speakers left out of every split (for recipe "
+                             "ablations that must not touch a headline test split)")
     parser.add_argument("--ship", action="store_true",
                         help="no test split: train on every speaker but the validation ones "
                              "(carved as the protocol carves them); for the shipped model")
@@ -59,7 +62,7 @@ def build(args: argparse.Namespace):
     return cfg, model_cfg
 
 
-def split_frames(store: str, cfg, ship: bool = False):
+def split_frames(store: str, cfg, ship: bool = False, exclude: str = ""):
     import numpy as np
 
     from avser.data.splits import make_splits, validation_split
@@ -68,6 +71,8 @@ def split_frames(store: str, cfg, ship: bool = False):
     from avser.platform.stages import SPEECH_COLUMNS
 
     frame = read_ok_rows(store, [*SPEECH_COLUMNS, "speaker", "label_name"])
+    if exclude:
+        frame = frame[~frame["speaker"].astype(str).isin(exclude.split(","))].reset_index(drop=True)
     if ship:
         split = cfg.split
         train, val = validation_split(np.arange(len(frame)), frame["speaker"].astype(str),
@@ -92,7 +97,7 @@ def main() -> None:
     from avser.platform.runs import TrackingInfo
 
     cfg, model_cfg = build(args)
-    parts, labels = split_frames(args.store, cfg, args.ship)
+    parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers)
     model_cfg.racnn.n_classes = len(labels)
     ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
                       tracking=TrackingInfo(experiment="none", uri="none", register=False))
