@@ -165,7 +165,6 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     checkpoints either way."""
     import ray.tune
 
-    from avser.platform.epochs import LoopContext
     from avser.platform.experiments import loop_config_for, model_config_for
 
     cfg = apply_params(configlib.from_dict(TrainConfig, job.base), params)
@@ -175,17 +174,26 @@ def trial_driver(params: dict[str, Any], job: TuneJob) -> None:
     run_name = f"{job.name}-{trial_id}"
     loop_config = loop_config_for(cfg, model_cfg, job.label_names, run_name,
                                   job.tracking.with_tags(trial_id=trial_id), job.feature_cfg)
-    if trains_in_trial(cfg, job.in_trial):
+    train_trial(loop_config, cfg, job.datasets, job.in_trial, run_name)
+
+
+def train_trial(loop_config: dict[str, Any], cfg: TrainConfig, datasets: dict[str, Any],
+                in_trial: bool, run_name: str) -> None:
+    """Train one run inside the current Tune trial: the per-worker loop right
+    here, or (more than one worker, or ``in_trial`` false) a Ray Train run
+    named ``run_name`` whose results are reported on to Tune."""
+    if trains_in_trial(cfg, in_trial):
+        from avser.platform.epochs import LoopContext
         from avser.platform.session import TuneTrialSession
         from avser.platform.train import run_loop
 
-        run_loop(LoopContext.from_loop_config(loop_config), TuneTrialSession(job.datasets, cfg.use_gpu))
+        run_loop(LoopContext.from_loop_config(loop_config), TuneTrialSession(datasets, cfg.use_gpu))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from avser.platform.trainer import trainer_for
 
-    trainer_for(loop_config, job.datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
+    trainer_for(loop_config, datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
 
 
 def trains_in_trial(cfg: TrainConfig, in_trial: bool) -> bool:
