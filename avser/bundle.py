@@ -23,6 +23,8 @@ from avser.models.config import ModelConfig
 from avser.models.factory import NETWORK_KINDS, build_network, racnn_input_config
 
 BUNDLE_FORMAT = "avser-bundle/1"
+# The artifact a registered model keeps its bundle under (registry and pyfunc).
+BUNDLE_ARTIFACT = "bundle"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_WEIGHTS = PRETRAINED_DIR / "racnn-ravdess-a01-16.pt"
 

@@ -13,7 +13,8 @@ import mlflow
 import numpy as np
 import torch
 
-BUNDLE_ARTIFACT = "bundle"
+from avser.bundle import BUNDLE_ARTIFACT
+
 DEFAULT_DEVICE = "cpu"
 
 

@@ -25,11 +25,10 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
-from avser.bundle import ModelBundle, load_bundle
+from avser.bundle import BUNDLE_ARTIFACT, ModelBundle, load_bundle
 from avser.errors import AvserError
 from avser.models.factory import example_inputs
 from avser.platform import tracking
-from avser.platform.pyfunc_model import BUNDLE_ARTIFACT
 
 DEFAULT_DEVICE = "cpu"
 # Input examples are stored as JSON inside the model: a paper-sized speech
