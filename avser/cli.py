@@ -188,6 +188,64 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from avser.platform import nodes
+
+    folder = nodes.state_dir(args.state_dir)
+    if args.cluster_command in ("up", "join"):
+        request = nodes.StartRequest(
+            role=nodes.HEAD if args.cluster_command == "up" else nodes.WORKER,
+            address=args.node_address, head=getattr(args, "address", None), num_cpus=args.num_cpus,
+            ports={"gcs": getattr(args, "port", 0), "dashboard": getattr(args, "dashboard_port", 0)},
+            worker_ports=args.worker_ports, temp_dir=args.temp_dir, token_file=args.token_file,
+            mlflow_uri=getattr(args, "mlflow_uri", "") or "")
+        state = nodes.start_node(folder, request)
+        print(f"Ray {state.role} up on {state.address}: cluster {state.head}; state in {folder}\n"
+              f"talk to it: eval \"$(avser cluster env --state-dir {folder})\"")
+        return 0
+    if args.cluster_command == "down":
+        nodes.stop_node(folder)
+        return 0
+    if args.cluster_command == "status":
+        return nodes.node_status(folder)
+    state = nodes.read_state(folder)
+    if state is None or not nodes.is_running(state):
+        raise AvserError(f"no running node in {folder}: start one with `avser cluster up`")
+    print("\n".join(nodes.env_lines(state)))
+    return 0
+
+
+def _add_cluster(sub) -> None:
+    cluster = sub.add_parser("cluster", help="start, join, inspect and stop this machine's Ray node")
+    commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = commands.add_parser("up", help="start a head node")
+    join = commands.add_parser("join", help="start a worker node of the head at --address")
+    join.add_argument("--address", required=True, help="the head's GCS address, HOST:PORT")
+    for start in (up, join):
+        start.add_argument("--node-address", default="127.0.0.1",
+                           help="this node's cluster address: every Ray port binds to it")
+        start.add_argument("--num-cpus", type=int, default=None)
+        start.add_argument("--worker-ports", type=int, default=128,
+                           help="size of the port range for Ray's worker processes")
+        start.add_argument("--temp-dir", default=None,
+                           help="Ray's temp dir (made mode 700; default under /tmp/avser-ray-UID)")
+        start.add_argument("--token-file", default=None,
+                           help=f"the cluster token's file (or ${{AVSER_CLUSTER_TOKEN_FILE}}); "
+                                "a head makes one in its state folder")
+    up.add_argument("--port", type=int, default=0, help="GCS port (default: a free one)")
+    up.add_argument("--dashboard-port", type=int, default=0, help="dashboard/job server port")
+    up.add_argument("--mlflow-uri", default=None,
+                    help="MLflow tracking URI the jobs of this cluster log to (`avser cluster env` exports it)")
+    for name, text in (("down", "stop this node's processes (never `ray stop`)"),
+                       ("status", "ray status, the job server's token check, listening sockets"),
+                       ("env", "export lines: eval \"$(avser cluster env)\"")):
+        commands.add_parser(name, help=text)
+    for command in commands.choices.values():
+        command.add_argument("--state-dir", default=None,
+                             help="the node's state folder (default $AVSER_CLUSTER_DIR or ./.ray-local)")
+    cluster.set_defaults(func=_cmd_cluster)
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="a model bundle file (default for predict: the shipped speech model)")
@@ -256,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", required=True, help="a manifest (avser manifest ...)")
     evaluate.add_argument("--out", default=None, help="folder for confusion.png and predictions.csv")
     evaluate.set_defaults(func=_cmd_evaluate)
+    _add_cluster(sub)
     return parser
 
 
