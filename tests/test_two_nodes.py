@@ -1,0 +1,160 @@
+"""Two Ray nodes for real: a head and a worker node in two network namespaces,
+started with `avser cluster up` and `avser cluster join` (tests/two_nodes.py).
+
+- The worker node joins: the cluster has two nodes and a job's tasks run on both.
+- Without the token the job server refuses a request and a submission.
+- (slow) A fusion training with 2 DDP workers (gloo), one on each node, trains
+  to its end, and while it runs nothing in either namespace listens beyond
+  loopback and that namespace's address.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from two_nodes import RAY, REPO, clean_env, require_namespaces, two_namespaces
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+HELLO = """
+import ray
+ray.init()
+@ray.remote(num_cpus=1)
+def where():
+    import time
+    time.sleep(1)
+    return ray.util.get_node_ip_address()
+print("nodes:", sorted(set(ray.get([where.remote() for _ in range(4)]))))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_namespaces()
+    root = tmp_path_factory.mktemp("two-nodes")
+    with two_namespaces(root) as (head, worker):
+        up = head.avser("up", "--node-address", head.address, "--num-cpus", "1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        token = head.state_dir / "auth_token"
+        assert oct(token.stat().st_mode & 0o777) == "0o600"
+        (worker.state_dir / "auth_token").write_text(token.read_text())
+        join = worker.avser("join", "--address", head.state()["head"], "--node-address",
+                            worker.address, "--num-cpus", "1")
+        assert join.returncode == 0, join.stdout + join.stderr
+        # The token travels in a file: no process of either node has it on its command line.
+        secret = token.read_text().strip()
+        for node in (head, worker):
+            for pid in _pids(node):
+                assert secret not in _cmdline(pid), f"token on the command line of pid {pid}"
+        yield {"head": head, "worker": worker, "root": root}
+
+
+def _pids(node) -> list[int]:
+    from avser.platform.nodes import session_pids
+
+    return session_pids(node.state()["sid"])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def client_env(head, **extra):
+    env = clean_env(**extra)
+    for line in head.avser("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return env
+
+
+def test_the_worker_node_joins_and_runs_tasks(cluster, tmp_path):
+    head, worker = cluster["head"], cluster["worker"]
+    status = head.avser("status")
+    assert status.stdout.count("node_") >= 2, status.stdout
+    (tmp_path / "hello.py").write_text(HELLO)
+    done = head.run([RAY, "job", "submit", "--working-dir", str(tmp_path), "--", "python", "hello.py"],
+                    env=client_env(head), timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"nodes: ['{head.address}', '{worker.address}']" in done.stdout
+
+
+def test_requests_without_the_token_are_refused(cluster, tmp_path):
+    head = cluster["head"]
+    url = head.state()["ports"]["dashboard"]
+    probe = head.run(["python3", "-c", (
+        "import urllib.request, urllib.error\n"
+        f"try:\n urllib.request.urlopen('http://{head.address}:{url}/api/jobs/', timeout=5); print(200)\n"
+        "except urllib.error.HTTPError as e: print(e.code)")])
+    assert probe.stdout.strip() == "401", probe.stdout + probe.stderr
+    env = client_env(head)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key)
+    (tmp_path / "hello.py").write_text(HELLO)
+    refused = head.run([RAY, "job", "submit", "--working-dir", str(tmp_path), "--", "python", "hello.py"],
+                       env=env, timeout=120)
+    assert refused.returncode != 0
+    assert "nodes:" not in refused.stdout
+
+
+def _allowed(address: str, node_address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    # Every interface of the namespace = loopback + the node's address (IPv6 is off).
+    return host in ("0.0.0.0", "*", node_address) or host.startswith("127.")
+
+
+@pytest.mark.slow
+def test_ddp_training_spans_both_nodes_and_listens_only_on_their_addresses(cluster):
+    head, worker, root = cluster["head"], cluster["worker"], cluster["root"]
+    for node in (head, worker):
+        interfaces = node.run(["ip", "-o", "addr", "show"]).stdout
+        assert set(a.split("/")[0] for a in interfaces.split() if a[0].isdigit() and "/" in a) \
+            == {"127.0.0.1", node.address}
+    uri = f"sqlite:///{root}/mlflow.db"
+    env = client_env(head)
+    runtime_env = ('{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}, "excludes": ["out", ".venv", '
+                   '"mlruns", "ray_results", ".git", "bench/figures"]}' % uri)
+    store = _smoke_store(root)
+    job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
+                      runtime_env, "--", "python", "jobs/train_fusion.py", "--store", str(store),
+                      "--config", "configs/train_smoke.yaml", "--num-workers", "2",
+                      "--set", "cpus_per_worker=1", "--set", f"storage_path={root}/ray",
+                      "--set", "optim.max_epochs=2", "--set", "experiment=two-nodes"],
+                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = {head.namespace: set(), worker.namespace: set()}
+    while job.poll() is None:
+        for node in (head, worker):
+            seen[node.namespace].update(node.listening())
+        time.sleep(0.5)
+    output = job.stdout.read()
+    assert job.returncode == 0, output[-4000:]
+    assert f"ip={worker.address}" in output  # a Train worker ran on the worker node
+    for node in (head, worker):
+        bad = [a for a in seen[node.namespace] if not _allowed(a, node.address)]
+        assert not bad, f"{node.namespace} listened beyond loopback and {node.address}: {bad}"
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def _smoke_store(root):
+    """A small feature store, made outside the namespaces (no Ray cluster needed)."""
+    code = ("import sys; from avser.platform.cluster import init_ray; "
+            "from avser.platform.dataprep import prepare_store; "
+            "from avser.platform.config import DataPrepConfig; init_ray(num_cpus=2); "
+            f"prepare_store(DataPrepConfig(corpus='synthetic', root='{root}/synthetic', synth_clips=24, "
+            f"manifest='{root}/manifest.parquet', store='{root}/store', "
+            f"preprocess_config='{REPO}/configs/preprocess_synthetic.yaml'), progress=False)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return root / "store"
