@@ -313,8 +313,9 @@ def plot_results(table: pd.DataFrame, path: Path, title: str) -> Path:
     width = 0.8 / max(len(metrics), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(table)), 4.0))
     for i, (key, label) in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, 100 * table[f"{key}_mean"].fillna(0),
-               width, yerr=100 * table[f"{key}_std"].fillna(0), capsize=3, label=label)
+        shown = table[f"{key}_mean"].notna().to_numpy()  # no bar where a cell has no such head
+        ax.bar((x + (i - (len(metrics) - 1) / 2) * width)[shown], 100 * table[f"{key}_mean"][shown],
+               width, yerr=100 * table[f"{key}_std"][shown], capsize=3, label=label)
     ax.set_xticks(x, table["cell"], rotation=30, ha="right")
     ax.set_ylabel("UA (%)")
     ax.set_ylim(0, 100)
