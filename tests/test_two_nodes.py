@@ -10,6 +10,8 @@ started with `avser cluster up` and `avser cluster join` (tests/two_nodes.py).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -158,3 +160,92 @@ def _smoke_store(root):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return root / "store"
+
+
+class Lines:
+    """A process's output lines, each stamped with when it arrived."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        import threading
+
+        self.lines: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process) -> None:
+        for line in process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def epochs(self) -> list[tuple[float, int]]:
+        """(arrival, epoch) of every epoch line of the training's rank 0."""
+        import re
+
+        found = [(t, re.search(r"\] epoch (\d+): train loss", line)) for t, line in self.lines]
+        return [(t, int(m.group(1))) for t, m in found if m]
+
+
+@pytest.mark.slow
+def test_training_survives_the_death_of_the_worker_node(cluster):
+    """Kill every process of the worker node mid-training, bring the node back:
+    Ray Train restores the last checkpoint and the run ends in the same MLflow
+    run with one registered version. The cost goes to node_failure.json."""
+    import json
+
+    head, worker, root = cluster["head"], cluster["worker"], cluster["root"]
+    uri = f"sqlite:///{root}/mlflow-failure.db"
+    runtime_env = ('{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}, "excludes": ["out", ".venv", '
+                   '"mlruns", "ray_results", ".git", "bench/figures"]}' % uri)
+    store, epochs = _smoke_store(root), 8
+    job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
+                      runtime_env, "--", "python", "jobs/train_fusion.py", "--store", str(store),
+                      "--config", "configs/train_smoke.yaml", "--num-workers", "2",
+                      "--set", "cpus_per_worker=1", "--set", f"storage_path={root}/ray-failure",
+                      "--set", f"optim.max_epochs={epochs}", "--set", f"optim.patience={epochs}",
+                      "--set", "max_failures=3", "--set", "experiment=two-nodes-failure"],
+                     env=client_env(head), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = Lines(job)
+    deadline = time.monotonic() + 400
+    while not any(epoch >= 1 for _, epoch in lines.epochs()) and time.monotonic() < deadline:
+        assert job.poll() is None, lines.text()[-4000:]
+        time.sleep(0.2)
+    assert lines.epochs(), "training never reached its second epoch:\n" + lines.text()[-4000:]
+    last_before = max(epoch for _, epoch in lines.epochs())
+    killed_at = time.monotonic()
+    from two_nodes import _pids_in_namespace
+
+    for pid in _pids(worker) + _pids_in_namespace(worker.namespace):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    (worker.state_dir / "node.json").unlink()
+    time.sleep(5)
+    rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
+                          worker.address, "--num-cpus", "1")
+    assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
+    job.wait(timeout=600)
+    lines.thread.join(timeout=10)
+    assert job.returncode == 0, lines.text()[-6000:]
+
+    after = [(t, e) for t, e in lines.epochs() if t > killed_at]
+    assert after, "no epoch after the kill:\n" + lines.text()[-4000:]
+    assert max(e for _, e in after) == epochs - 1
+    redone = sorted(e for _, e in after if e <= last_before)
+    cost = {"seconds_kill_to_resumed": round(after[0][0] - killed_at, 1),
+            "epochs_redone": len(redone), "last_epoch_before_kill": last_before,
+            "first_epoch_after": after[0][1]}
+    (root / "node_failure.json").write_text(json.dumps(cost))
+    print("node failure cost:", cost)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("two-nodes-failure").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]  # the same MLflow run, resumed
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert sorted(set(steps)) == list(range(epochs))
+    versions = client.search_model_versions(f"run_id = '{runs[0].info.run_id}'")
+    assert len(versions) == 1
