@@ -198,7 +198,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             address=args.node_address, head=getattr(args, "address", None), num_cpus=args.num_cpus,
             ports={"gcs": getattr(args, "port", 0), "dashboard": getattr(args, "dashboard_port", 0)},
             worker_ports=args.worker_ports, temp_dir=args.temp_dir, token_file=args.token_file,
-            mlflow_uri=getattr(args, "mlflow_uri", "") or "")
+            mlflow_uri=_cluster_mlflow_uri(args) if args.cluster_command == "up" else "")
         state = nodes.start_node(folder, request)
         print(f"Ray {state.role} up on {state.address}: cluster {state.head}; state in {folder}\n"
               f"talk to it: eval \"$(avser cluster env --state-dir {folder})\"")
@@ -213,6 +213,16 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         raise AvserError(f"no running node in {folder}: start one with `avser cluster up`")
     print("\n".join(nodes.env_lines(state)))
     return 0
+
+
+def _cluster_mlflow_uri(args: argparse.Namespace) -> str:
+    """Where the cluster's jobs log: given, inherited, or this checkout's store.
+    Jobs run in a copy of the working dir: a relative URI would land in that copy."""
+    import os
+    from pathlib import Path
+
+    return (args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
 
 
 def _add_cluster(sub) -> None:
@@ -235,7 +245,8 @@ def _add_cluster(sub) -> None:
     up.add_argument("--port", type=int, default=0, help="GCS port (default: a free one)")
     up.add_argument("--dashboard-port", type=int, default=0, help="dashboard/job server port")
     up.add_argument("--mlflow-uri", default=None,
-                    help="MLflow tracking URI the jobs of this cluster log to (`avser cluster env` exports it)")
+                    help="MLflow tracking URI the jobs of this cluster log to (default: $MLFLOW_TRACKING_URI, "
+                         "else ./mlruns/mlflow.db; `avser cluster env` exports it)")
     for name, text in (("down", "stop this node's processes (never `ray stop`)"),
                        ("status", "ray status, the job server's token check, listening sockets"),
                        ("env", "export lines: eval \"$(avser cluster env)\"")):

@@ -78,6 +78,8 @@ def two_namespaces(root: Path):
     names = (f"avs{tag}h", f"avs{tag}w")
     links = (f"avh{tag}", f"avw{tag}")
     nodes = [Node(ns, f"{subnet}.{i + 1}", root / ns) for i, ns in enumerate(names)]
+    # A SIGTERM (a CI timeout, pkill) must still tear everything down.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for ns in names:
             _ip("netns", "add", ns)
@@ -95,6 +97,12 @@ def two_namespaces(root: Path):
             _stop(node)
         for ns in names:  # deleting a namespace deletes its end of the veth, and so the pair
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _stop(node: Node) -> None:

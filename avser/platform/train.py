@@ -36,6 +36,8 @@ from avser.platform.stages import build_stage_model
 # Marks the final report of a run that trained to its end. Not "done": Tune
 # sets that on the last result of every trial, early-stopped ones included.
 FINISHED_KEY = "training_finished"
+# Logged each time a run resumes from a checkpoint: the epoch it resumed at.
+RESTORED_KEY = "restored_at_epoch"
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -87,6 +89,9 @@ def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
     # registers a reported checkpoint only at its next poll). MLflow cannot
     # delete metric points, so those epochs keep their first entry.
     history = tracking.client().get_metric_history(state.mlflow_run_id, "epoch")
+    # When and where it resumed: what a failure cost is read off this curve.
+    tracking.log_metrics(state.mlflow_run_id, {RESTORED_KEY: state.epoch}, step=state.epoch)
+    print(f"[{ctx.run_name}] resumed at epoch {state.epoch} from its last checkpoint", flush=True)
     return {int(m.step) for m in history if m.step >= state.epoch}
 
 
