@@ -124,14 +124,20 @@ def test_submitted_search_registers_the_best_model(cluster):
 
 
 def test_two_worker_trials_report_to_tune_through_ray_train(tmp_path):
+    """Also the search's own RACNN pretraining (Table III): the trial starts from it."""
     name = "tune-ddp"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     command = [sys.executable, "jobs/tune_fusion.py", "--config", SMOKE,
-               *smoke_overrides(tmp_path, name, samples=1, workers=2)]
+               *smoke_overrides(tmp_path, name, samples=1, workers=2), "--set", "pretrain=true"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "RACNN pretrained (pretrain-synthetic-random-random-" in done.stdout
     parent, children = search_runs(env["MLFLOW_TRACKING_URI"], "avser-tune-smoke", name)
     assert [c.info.status for c in children] == ["FINISHED"]
+    pretraining = [r for r in mlflow_client(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [children[0].info.experiment_id]) if r.data.tags.get("stage") == "pretrain"]
+    assert len(pretraining) == 1 and pretraining[0].info.status == "FINISHED"
+    assert children[0].data.params["train.init"] == f"checkpoint:{tmp_path}/ray_results/{name}-racnn"
     assert parent.data.metrics["best_network_val_ua"] >= 0
     (train_run,) = train_runs_of(tmp_path, name)  # the trial drove a Ray Train run
     assert any(train_run.glob("checkpoint_*/hybrid_features.npz"))

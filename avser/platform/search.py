@@ -7,8 +7,9 @@ the trial's run name, so a resumed trial never makes a second child).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -167,9 +168,39 @@ def _log_search(parent_id: str, trials: pd.DataFrame, tcfg: TuneConfig, best_par
     log_optuna_plots(parent_id, trials, parse_space(tcfg.search_space))
 
 
+def pretrained_init(tcfg: TuneConfig, store: str | Path) -> str:
+    """Pretrain the RACNN on the search's split (a Ray Train run, resumed or
+    reported again when it already ran); its final checkpoint as an ``init``."""
+    from avser.platform.experiments import run_training
+
+    cfg = resolve_paths(configlib.load(TrainConfig, tcfg.train_config, [
+        *tcfg.train_overrides, "stage=pretrain", "init=scratch", f"experiment={tcfg.experiment}",
+        f"storage_path={storage_uri(tcfg.storage_path)}", *tcfg.pretrain_overrides]))
+    print(f"pretraining the RACNN on speech ({cfg.optim.max_epochs} epochs at most, the search's "
+          "training split) before the search", flush=True)
+    fold = run_training(cfg, store, extra_tags={"search": tcfg.name}).folds[0]
+    if fold.checkpoint_path is None:
+        raise RuntimeError(f"the RACNN pretraining {fold.run_name} left no checkpoint; see its Ray logs")
+    # A fixed place per search: a re-run (its pretraining reported again from a
+    # checkpoint Ray may have moved) gives the trials the same init, and so the
+    # same search parameters in MLflow.
+    if "://" in tcfg.storage_path:  # object storage: the checkpoint where Ray keeps it
+        return f"checkpoint:{fold.checkpoint_path}"
+    weights = Path(storage_uri(tcfg.storage_path)) / f"{tcfg.name}-racnn" / checkpoint.MODEL_FILE
+    if not weights.exists():
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(fold.checkpoint_path) / checkpoint.MODEL_FILE, weights)
+    print(f"RACNN pretrained ({fold.run_name}): speech-only val UA "
+          f"{100 * fold.metrics.get('final_val_ua', float('nan')):.1f}%; every trial starts from it",
+          flush=True)
+    return f"checkpoint:{weights.parent}"
+
+
 def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     base = resolve_paths(configlib.load(TrainConfig, tcfg.train_config,
                                         [*tcfg.train_overrides, "stage=fusion"]))
+    if tcfg.pretrain:
+        base = replace(base, init=pretrained_init(tcfg, store))
     setup = store_setup(store, base.split.protocol, {"stage": FUSION.name, "search": tcfg.name})
     labels = setup.label_names
     split = make_splits(setup.meta, base.split)[base.fold or 0]

@@ -84,6 +84,12 @@ class TuneConfig:
     # The trial driver only waits on its TorchTrainer; Tune refuses 0, so a sliver.
     driver_cpus: float = 0.01
     register_as: str = "avser"
+    # The paper's Table III: before the search, pretrain the RACNN (speech
+    # only, stage=pretrain) on the search's own training split, and start
+    # every trial's RACNN from it. ``pretrain_overrides`` apply to the
+    # train config (and its train_overrides) for that pretraining only.
+    pretrain: bool = False
+    pretrain_overrides: list[str] = field(default_factory=list)
     # A one-worker trial trains inside the Tune trial (no Train controller or
     # worker group to start); false gives it a Ray Train run as well.
     single_worker_in_trial: bool = True
