@@ -400,7 +400,7 @@ def start_node(folder: Path, request: StartRequest, out=sys.stdout) -> NodeState
               + "\n".join(log.read_text().splitlines()[-25:]), file=sys.stderr)
         if sid:
             stop_session(sid)
-        if request.ports or done.returncode == 2:  # chosen ports, or a bad command line
+        if any(request.ports.values()) or done.returncode == 2:  # chosen ports, or a bad command line
             break
     raise AvserError(f"ray start failed; see {folder / START_LOG}")
 
