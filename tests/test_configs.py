@@ -13,6 +13,7 @@ from avser.data.synthetic import SynthConfig
 from avser.errors import AvserError, ConfigError
 from avser.features.augment import SpeechAugmentConfig
 from avser.models.config import ModelConfig
+from avser.platform.ablation import AblationConfig
 from avser.platform.config import PreprocessConfig, TrainConfig
 from avser.platform.promotion import PromotionGate
 from avser.platform.tune import TuneConfig
@@ -27,6 +28,13 @@ CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "co
 def kind_of(name: str):
     kinds = [cls for prefix, cls in KIND_BY_PREFIX.items() if name.startswith(prefix)]
     assert kinds, f"configs/{name}: no dataclass known for this file name; add it to KIND_BY_PREFIX"
+    if kinds[0] is TrainConfig and name.startswith("ablation_"):
+        # ablation_*.yaml: a whole ablation for jobs/ablate.py (it has cells), or
+        # the one recipe a single-run ablation trains (jobs/train_fusion.py --variant).
+        import yaml
+
+        if "cells" in yaml.safe_load((REPO / "configs" / name).read_text()):
+            return AblationConfig
     return kinds[0]
 
 
