@@ -257,6 +257,42 @@ def _add_cluster(sub) -> None:
     cluster.set_defaults(func=_cmd_cluster)
 
 
+def _cmd_mlflow(args: argparse.Namespace) -> int:
+    from avser.platform import mlflow_server, nodes
+
+    folder = nodes.state_dir(args.state_dir)
+    if args.mlflow_command == "up":
+        state = mlflow_server.start_server(folder, args.host, args.port, args.backend_store_uri,
+                                           args.artifacts_destination)
+        auth = (f"; basic auth: user {mlflow_server.ADMIN}, password in "
+                f"{folder / mlflow_server.PASSWORD_FILE}" if state.auth else "")
+        print(f"MLflow server up at {state.uri}{auth}\n"
+              f"start the cluster with it: avser cluster up --mlflow-uri {state.uri}")
+        return 0
+    if args.mlflow_command == "down":
+        mlflow_server.stop_server(folder)
+        return 0
+    return mlflow_server.server_status(folder)
+
+
+def _add_mlflow(sub) -> None:
+    server = sub.add_parser("mlflow", help="the MLflow tracking server a cluster logs to")
+    commands = server.add_subparsers(dest="mlflow_command", required=True)
+    up = commands.add_parser("up", help="start `mlflow server` (basic auth when not on loopback)")
+    up.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    up.add_argument("--port", type=int, default=0, help="default: a free one")
+    up.add_argument("--backend-store-uri", default=None,
+                    help="default sqlite:///<state>/mlflow.db; postgresql://... for many writers")
+    up.add_argument("--artifacts-destination", default=None,
+                    help="artifact root the server proxies (default <state>/artifacts; s3://... or NFS)")
+    commands.add_parser("down", help="stop the server")
+    commands.add_parser("status", help="is it up, where is its store")
+    for command in commands.choices.values():
+        command.add_argument("--state-dir", default=None,
+                             help="the state folder (default $AVSER_CLUSTER_DIR or ./.ray-local)")
+    server.set_defaults(func=_cmd_mlflow)
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="a model bundle file (default for predict: the shipped speech model)")
@@ -326,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="folder for confusion.png and predictions.csv")
     evaluate.set_defaults(func=_cmd_evaluate)
     _add_cluster(sub)
+    _add_mlflow(sub)
     return parser
 
 

@@ -84,3 +84,50 @@ def test_env_lines_point_ray_at_the_cluster(tmp_path) -> None:
     nodes.write_state(tmp_path, state)
     assert nodes.read_state(tmp_path) == state
     assert not nodes.is_running(state)  # session 5 is not this node's
+
+
+def test_a_cluster_of_several_nodes_needs_an_mlflow_server() -> None:
+    from avser.platform.mlflow_server import check_cluster_uri
+
+    check_cluster_uri("sqlite:///mlruns/mlflow.db", n_nodes=1)  # one machine: a file is fine
+    check_cluster_uri("http://10.0.0.1:5000", n_nodes=2)
+    for uri in ("sqlite:///mlruns/mlflow.db", "file:///tmp/mlruns", ""):
+        with pytest.raises(AvserError, match="avser mlflow up"):
+            check_cluster_uri(uri, n_nodes=2)
+
+
+def test_an_mlflow_server_beyond_loopback_needs_the_auth_app(tmp_path, monkeypatch) -> None:
+    import builtins
+
+    from avser.platform import mlflow_server
+
+    real_import = builtins.__import__
+
+    def no_flask_wtf(name, *args, **kwargs):
+        if name == "flask_wtf":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_flask_wtf)
+    with pytest.raises(AvserError, match="mlflow\\[auth\\]"):
+        mlflow_server.start_server(tmp_path, host="10.0.0.1", port=5000)
+
+
+@pytest.mark.slow
+def test_the_mlflow_server_takes_runs_and_artifacts_and_stops(tmp_path) -> None:
+    import mlflow
+
+    from avser.platform import mlflow_server
+
+    state = mlflow_server.start_server(tmp_path)
+    try:
+        assert mlflow_server.server_status(tmp_path) == 0 and not state.auth
+        client = mlflow.MlflowClient(state.uri)
+        run = client.create_run(client.create_experiment("server"))
+        client.log_metric(run.info.run_id, "val_ua", 0.5)
+        client.log_text(run.info.run_id, "hello", "note.txt")
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+        assert any((tmp_path / "artifacts").rglob("note.txt"))  # proxied into the artifact root
+    finally:
+        assert mlflow_server.stop_server(tmp_path)
+    assert mlflow_server.server_status(tmp_path) == 3

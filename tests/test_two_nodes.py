@@ -78,7 +78,9 @@ def client_env(head, **extra):
 
 def test_the_worker_node_joins_and_runs_tasks(cluster, tmp_path):
     head, worker = cluster["head"], cluster["worker"]
-    status = head.avser("status")
+    deadline = time.monotonic() + 60  # the autoscaler's view lags the join by seconds
+    while (status := head.avser("status")).stdout.count("node_") < 2 and time.monotonic() < deadline:
+        time.sleep(2)
     assert status.stdout.count("node_") >= 2, status.stdout
     (tmp_path / "hello.py").write_text(HELLO)
     done = head.run([RAY, "job", "submit", "--working-dir", str(tmp_path), "--", "python", "hello.py"],
