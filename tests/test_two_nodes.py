@@ -1,9 +1,11 @@
 """Two Ray nodes for real: a head and a worker node in two network namespaces,
 started with `avser cluster up` and `avser cluster join` (tests/two_nodes.py).
 
+All `slow` (`make test-slow`), about 10 minutes:
+
 - The worker node joins: the cluster has two nodes and a job's tasks run on both.
 - Without the token the job server refuses a request and a submission.
-- (slow) A fusion training with 2 DDP workers (gloo), one on each node, trains
+- A fusion training with 2 DDP workers (gloo), one on each node, trains
   to its end, and while it runs nothing in either namespace listens beyond
   loopback and that namespace's address.
 """
@@ -20,7 +22,8 @@ import pytest
 
 from two_nodes import RAY, REPO, clean_env, require_namespaces, two_namespaces
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+# In `make test-slow`: with them `make test` would pass its 15-minute budget.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
 
 HELLO = """
 import ray
@@ -113,7 +116,6 @@ def _allowed(address: str, node_address: str) -> bool:
     return host in ("0.0.0.0", "*", node_address) or host.startswith("127.")
 
 
-@pytest.mark.slow
 def test_ddp_training_spans_both_nodes_and_listens_only_on_their_addresses(cluster):
     head, worker, root = cluster["head"], cluster["worker"], cluster["root"]
     for node in (head, worker):
@@ -198,7 +200,6 @@ class Lines:
 
 
 
-@pytest.mark.slow
 def test_training_survives_the_death_of_the_worker_node(cluster):
     """Kill every process of the worker node mid-training, bring the node back:
     Ray Train restores the last checkpoint and the run ends in the same MLflow
