@@ -8,6 +8,8 @@ All `slow` (`make test-slow`), about 10 minutes:
 - A fusion training with 2 DDP workers (gloo), one on each node, trains
   to its end, and while it runs nothing in either namespace listens beyond
   loopback and that namespace's address.
+- The worker node killed mid-training and rejoined: the run resumes from its
+  last checkpoint into the same MLflow run and registers one version.
 """
 
 from __future__ import annotations
