@@ -35,7 +35,7 @@ from avser.platform.experiments import (
     datasets_for, loop_config_for, model_config_for, store_setup,
 )
 from avser.platform.train import FINISHED_KEY
-from avser.platform.tune import apply_params, storage_uri, train_trial, trains_in_trial
+from avser.platform.tune import apply_params, storage_uri, train_trial, trial_resources
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 CELL_INITS = (SCRATCH, PRETRAINED)
@@ -193,10 +193,8 @@ def run_grid(acfg: AblationConfig, phase: str, planned: list[PlannedRun], todo: 
 
     tune_name = f"{acfg.name}-{phase}-{configlib.config_hash(sorted(r.run_name for r in planned))[:8]}"
     job = _grid_job(planned, store, setup, tracking_info)
-    first = planned[0].cfg
-    resources = ({"CPU": first.cpus_per_worker, **({"GPU": 1} if first.use_gpu else {})}
-                 if trains_in_trial(first, True) else {"CPU": 0.01})
-    trainable = tune.with_resources(tune.with_parameters(cell_trial, job=job), resources)
+    trainable = tune.with_resources(tune.with_parameters(cell_trial, job=job),
+                                    trial_resources(planned[0].cfg))
     path = f"{storage_uri(acfg.storage_path)}/{tune_name}"
     if tune.Tuner.can_restore(path):
         print(f"resuming {phase} grid {tune_name}")
@@ -221,11 +219,8 @@ def run_grid(acfg: AblationConfig, phase: str, planned: list[PlannedRun], todo: 
 
 def finished_children(parent_id: str) -> dict[str, Any]:
     """Run key -> MLflow run of every finished child of the ablation's parent."""
-    client = tracking.client()
-    experiment = client.get_run(parent_id).info.experiment_id
-    found = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' "
-                                             "and attributes.status = 'FINISHED'")
-    return {run.data.tags.get(tracking.RUN_KEY_TAG): run for run in found}
+    return {run.data.tags.get(tracking.RUN_KEY_TAG): run
+            for run in tracking.child_runs(parent_id, "FINISHED")}
 
 
 def _pretrained_checkpoints(acfg, pretrains, cells, done, store, setup, info) -> dict[str, str]:

@@ -185,21 +185,24 @@ def pick_ports(address: str, services: tuple[str, ...], n_worker_ports: int,
 # ---------------------------------------------------------------- processes
 
 
+def _state_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: [state, ppid, pgrp, sid, ...]."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
 def session_pids(sid: int) -> list[int]:
     """Live (not zombie) processes of session ``sid``."""
     if sid <= 1:
         return []
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid in _all_pids()
+            if (fields := _state_fields(pid)) and fields[0] != "Z" and int(fields[3]) == sid]
 
 
 def command_line(pid: int) -> str:
@@ -268,14 +271,16 @@ def is_loopback(address: str) -> bool:
     return address.startswith("127.") or address in ("::1", "localhost")
 
 
+def interfaces() -> list[tuple[str, str]]:
+    """(interface name, address) of every IPv4/IPv6 address in this network namespace."""
+    found = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    return [(cols[1], cols[3].split("/")[0]) for cols in map(str.split, found.splitlines())
+            if len(cols) > 3 and cols[2] in ("inet", "inet6")]
+
+
 def interface_of(address: str) -> str | None:
     """The name of the interface that holds ``address`` in this network namespace."""
-    found = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
-    for line in found.splitlines():
-        cols = line.split()
-        if len(cols) > 3 and cols[3].split("/")[0] == address:
-            return cols[1]
-    return None
+    return next((name for name, held in interfaces() if held == address), None)
 
 
 def ray_env(token: Path, address: str, mlflow_uri: str = "") -> dict[str, str]:
@@ -337,13 +342,10 @@ def _session_of(temp_dir: Path) -> tuple[str, int]:
     session = str(latest.resolve()) if latest.exists() else ""
     if not session:
         return "", 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and f"{session}/logs" in command_line(int(entry.name)) \
-                and _name(int(entry.name)) in ("gcs_server", "raylet"):
-            try:
-                return session, int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            except (OSError, IndexError):
-                continue
+    for pid in _all_pids():
+        if f"{session}/logs" in command_line(pid) and _name(pid) in ("gcs_server", "raylet") \
+                and (fields := _state_fields(pid)):
+            return session, int(fields[3])
     return session, 0
 
 
@@ -492,8 +494,7 @@ WILDCARDS = ("0.0.0.0", "*", "::", "")
 
 def interface_addresses() -> set[str]:
     """The IPv4/IPv6 addresses of this network namespace's interfaces."""
-    found = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
-    return set(re.findall(r"\binet6? ([0-9a-f.:]+)/", found))
+    return {address for _, address in interfaces()}
 
 
 def exposed(sockets: list[Socket], address: str, interfaces: set[str]) -> list[Socket]:

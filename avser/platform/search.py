@@ -138,23 +138,17 @@ def drop_forgotten_children(parent_id: str, trial_ids: set[str]) -> int:
     A driver killed mid-search can have started a trial (and its MLflow run)
     after Tune last saved the search's state; the restored search never runs
     that trial, so its run would be an extra, unfinished child."""
-    client = tracking.client()
-    experiment = client.get_run(parent_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' "
-                                            "and attributes.status = 'RUNNING'")
-    forgotten = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids]
+    forgotten = [r for r in tracking.child_runs(parent_id, "RUNNING")
+                 if r.data.tags.get("trial_id") not in trial_ids]
     for run in forgotten:
-        client.delete_run(run.info.run_id)
+        tracking.client().delete_run(run.info.run_id)
     return len(forgotten)
 
 
 def close_unfinished_children(parent_id: str) -> int:
     """Trials that ASHA stopped never reach their end of training: mark their
     MLflow runs KILLED so the UI does not show them as still running."""
-    client = tracking.client()
-    experiment = client.get_run(parent_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}' "
-                                            "and attributes.status = 'RUNNING'")
+    runs = tracking.child_runs(parent_id, "RUNNING")
     for run in runs:
         tracking.finish_run(run.info.run_id, status="KILLED")
     return len(runs)

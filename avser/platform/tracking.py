@@ -191,6 +191,15 @@ def start_run(
     return run.info.run_id
 
 
+def child_runs(parent_id: str, status: str) -> list:
+    """The child runs of ``parent_id`` (same experiment) whose status is ``status``."""
+    RunStatus.from_string(status)  # raises on an unknown status, naming it
+    mlflow_client = client()
+    experiment = mlflow_client.get_run(parent_id).info.experiment_id
+    return mlflow_client.search_runs([experiment], f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_id}' "
+                                                   f"and attributes.status = '{status}'")
+
+
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     """End a run as FINISHED, FAILED or KILLED."""
     RunStatus.from_string(status)  # raises on an unknown status, naming it

@@ -206,11 +206,12 @@ def trains_in_trial(cfg: TrainConfig, in_trial: bool) -> bool:
     return in_trial and cfg.num_workers == 1
 
 
-def trial_resources(tcfg: TuneConfig, base: TrainConfig) -> dict[str, float]:
+def trial_resources(base: TrainConfig, in_trial: bool = True,
+                    driver_cpus: float = TuneConfig.driver_cpus) -> dict[str, float]:
     """A trial that trains in its own process needs the worker's CPUs (and
     GPU); a Train-inside-Tune trial only waits on its workers."""
-    if not trains_in_trial(base, tcfg.single_worker_in_trial):
-        return {"CPU": tcfg.driver_cpus}
+    if not trains_in_trial(base, in_trial):
+        return {"CPU": driver_cpus}
     return {"CPU": base.cpus_per_worker, **({"GPU": 1} if base.use_gpu else {})}
 
 
@@ -224,7 +225,8 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
 
     base = configlib.from_dict(TrainConfig, job.base)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, job=job),
-                                    trial_resources(tcfg, base))
+                                    trial_resources(base, tcfg.single_worker_in_trial,
+                                                    tcfg.driver_cpus))
     storage = storage_uri(tcfg.storage_path)
     path = f"{storage}/{tcfg.name}"
     if tune.Tuner.can_restore(path):
