@@ -240,7 +240,7 @@ def _add_cluster(sub) -> None:
         start.add_argument("--temp-dir", default=None,
                            help="Ray's temp dir (made mode 700; default under /tmp/avser-ray-UID)")
         start.add_argument("--token-file", default=None,
-                           help=f"the cluster token's file (or ${{AVSER_CLUSTER_TOKEN_FILE}}); "
+                           help="the cluster token's file (or $AVSER_CLUSTER_TOKEN_FILE); "
                                 "a head makes one in its state folder")
     up.add_argument("--port", type=int, default=0, help="GCS port (default: a free one)")
     up.add_argument("--dashboard-port", type=int, default=0, help="dashboard/job server port")
@@ -267,10 +267,17 @@ def _cmd_mlflow(args: argparse.Namespace) -> int:
         auth = (f"; basic auth: user {mlflow_server.ADMIN}, password in "
                 f"{folder / mlflow_server.PASSWORD_FILE}" if state.auth else "")
         print(f"MLflow server up at {state.uri}{auth}\n"
-              f"start the cluster with it: avser cluster up --mlflow-uri {state.uri}")
+              f"start the cluster with it: eval \"$(avser mlflow env --state-dir {folder})\" && "
+              f"avser cluster up --mlflow-uri {state.uri}")
         return 0
     if args.mlflow_command == "down":
         mlflow_server.stop_server(folder)
+        return 0
+    if args.mlflow_command == "env":
+        state = mlflow_server.read_state(folder)
+        if state is None:
+            raise AvserError(f"no MLflow server in {folder}: start one with `avser mlflow up`")
+        print("\n".join(f"export {k}={v}" for k, v in mlflow_server.client_env(folder, state).items()))
         return 0
     return mlflow_server.server_status(folder)
 
@@ -287,6 +294,8 @@ def _add_mlflow(sub) -> None:
                     help="artifact root the server proxies (default <state>/artifacts; s3://... or NFS)")
     commands.add_parser("down", help="stop the server")
     commands.add_parser("status", help="is it up, where is its store")
+    commands.add_parser("env", help="export lines for its clients (URI and, with auth, the "
+                                    "credentials): eval \"$(avser mlflow env)\"")
     for command in commands.choices.values():
         command.add_argument("--state-dir", default=None,
                              help="the state folder (default $AVSER_CLUSTER_DIR or ./.ray-local)")

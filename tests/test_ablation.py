@@ -21,7 +21,7 @@ import avser.platform  # noqa: F401  (keeps a local Ray on loopback; before ray 
 from avser import config as configlib
 from avser.errors import ConfigError
 from avser.platform.ablation import (
-    PRETRAINED, AblationCell, AblationConfig, plan, plot_results, results_markdown, run_ablation,
+    PRETRAINED, AblationConfig, plan, plot_results, results_markdown, run_ablation,
     summarize,
 )
 from avser.platform.config import DataPrepConfig, TrainConfig

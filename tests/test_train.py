@@ -581,3 +581,93 @@ def test_a_run_killed_after_registering_registers_once_when_resumed(
     versions = client.search_model_versions("name='avser-killed'")
     assert [int(v.version) for v in versions] == [1]
     assert str(client.get_model_version_by_alias("avser-killed", "candidate").version) == "1"
+
+
+# ---------------------------------------------------------------- MLflow outages
+
+
+def _outage_job(store: Path, tmp_path: Path, server_uri: str, name: str, epochs: int,
+                final_wait_s: float) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=server_uri, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               PYTHONUNBUFFERED="1")
+    command = [PYTHON, "jobs/train_fusion.py", "--store", str(store), "--config", str(SMOKE_CONFIG),
+               "--run-name", name, "--set", f"optim.max_epochs={epochs}", "--set", "optim.patience=50",
+               "--set", f"storage_path={tmp_path / 'ray'}", "--set", "experiment=avser-outage",
+               "--set", f"model_config={TINY_MODEL}", "--set", "mlflow_outage.http_retries=0",
+               "--set", "mlflow_outage.poll_s=1", "--set", f"mlflow_outage.final_wait_s={final_wait_s}"]
+    return command, env
+
+
+def _wait_for(predicate, what: str, job: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert job.poll() is None, f"the job ended while waiting for {what}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def _logged_epochs(uri: str, run_key: str) -> list[int]:
+    with tracking_store(uri):
+        try:
+            run_id = tracking.find_run("avser-outage", run_key)
+            return [] if run_id is None else sorted(m.step for m in metric_history(run_id, "epoch"))
+        except Exception:  # noqa: BLE001  (the server is down)
+            return []
+
+
+@pytest.mark.slow
+def test_training_rides_out_a_short_mlflow_outage(store, tmp_path):
+    from avser.platform import mlflow_server
+
+    folder = tmp_path / "mlflow"
+    folder.mkdir()
+    server = mlflow_server.start_server(folder)
+    epochs, run_key = 10, "outage-short-random"
+    command, env = _outage_job(store, tmp_path, server.uri, "outage-short", epochs, final_wait_s=120)
+    log = tmp_path / "job.log"
+    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                           stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: len(_logged_epochs(server.uri, run_key)) >= 1, "first epoch", job, log)
+        mlflow_server.stop_server(folder)
+        _wait_for(lambda: log.read_text().count("MLflow unreachable") >= 2, "two epochs kept", job, log)
+        mlflow_server.start_server(folder, port=server.port)
+        assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+        with tracking_store(server.uri):
+            run_id = tracking.find_run("avser-outage", run_key)
+            assert tracking.client().get_run(run_id).info.status == "FINISHED"
+            # Every epoch reached the server, the ones trained during the outage too.
+            assert sorted(set(m.step for m in metric_history(run_id, "epoch"))) == list(range(epochs))
+            assert metric_history(run_id, "test_ua")
+    finally:
+        kill_session(job)
+        mlflow_server.stop_server(folder)
+
+
+@pytest.mark.slow
+def test_a_run_killed_by_an_mlflow_outage_ends_failed(store, tmp_path):
+    from avser.platform import mlflow_server
+
+    folder = tmp_path / "mlflow"
+    folder.mkdir()
+    server = mlflow_server.start_server(folder)
+    run_key = "outage-long-random"
+    command, env = _outage_job(store, tmp_path, server.uri, "outage-long", 3, final_wait_s=15)
+    log = tmp_path / "job.log"
+    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                           stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: len(_logged_epochs(server.uri, run_key)) >= 1, "first epoch", job, log)
+        mlflow_server.stop_server(folder)
+        # The end of the run waits final_wait_s for the server, then the worker gives up.
+        _wait_for(lambda: "stayed unreachable" in log.read_text(), "the worker giving up", job, log)
+        mlflow_server.start_server(folder, port=server.port)
+        assert job.wait(timeout=300) != 0
+        assert "marked FAILED" in log.read_text(), log.read_text()[-3000:]
+        with tracking_store(server.uri):
+            run_id = tracking.find_run("avser-outage", run_key)
+            assert tracking.client().get_run(run_id).info.status == "FAILED"
+    finally:
+        kill_session(job)
+        mlflow_server.stop_server(folder)

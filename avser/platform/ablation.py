@@ -29,13 +29,13 @@ import pandas as pd
 from avser import config as configlib
 from avser.data.splits import make_splits
 from avser.errors import ConfigError
-from avser.platform import runs, tracking
+from avser.platform import runs, storage, tracking
 from avser.platform.config import DataPrepConfig, TrainConfig, resolve_paths
 from avser.platform.experiments import (
     datasets_for, loop_config_for, model_config_for, store_setup,
 )
 from avser.platform.train import FINISHED_KEY
-from avser.platform.tune import apply_params, storage_uri, train_trial, trial_resources
+from avser.platform.tune import apply_params, train_trial, trial_resources
 
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 CELL_INITS = (SCRATCH, PRETRAINED)
@@ -195,7 +195,7 @@ def run_grid(acfg: AblationConfig, phase: str, planned: list[PlannedRun], todo: 
     job = _grid_job(planned, store, setup, tracking_info)
     trainable = tune.with_resources(tune.with_parameters(cell_trial, job=job),
                                     trial_resources(planned[0].cfg))
-    path = f"{storage_uri(acfg.storage_path)}/{tune_name}"
+    path = storage.join(storage.resolve(acfg.storage_path), tune_name)
     if tune.Tuner.can_restore(path):
         print(f"resuming {phase} grid {tune_name}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
@@ -206,14 +206,14 @@ def run_grid(acfg: AblationConfig, phase: str, planned: list[PlannedRun], todo: 
             tune_config=tune.TuneConfig(max_concurrent_trials=acfg.max_concurrent_cells,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name=tune_name, storage_path=storage_uri(acfg.storage_path), verbose=0,
+                name=tune_name, storage_path=storage.resolve(acfg.storage_path), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=acfg.max_failures),
                 callbacks=[TrialTable(metric="val_ua")],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     finished = {}
     for result in tuner.fit():
         if (result.metrics or {}).get(FINISHED_KEY) and result.checkpoint is not None:
-            finished[result.config["run"]] = result.checkpoint.path
+            finished[result.config["run"]] = storage.checkpoint_uri(result.checkpoint)
     return finished
 
 
@@ -338,6 +338,15 @@ def _log_results(parent_id: str, result: AblationResult, acfg: AblationConfig, o
                                          if not np.isnan(row[f"{key}_mean"])}, step=0)
 
 
+def results_folder(acfg: AblationConfig, out: str | Path | None) -> Path:
+    """Where the results table is written besides MLflow: ``out``, else next
+    to the checkpoints when they are local, else the working directory."""
+    if out:
+        return Path(out)
+    where = storage.resolve(acfg.storage_path)
+    return Path(where if not storage.is_uri(where) else ".", f"{acfg.name}-results")
+
+
 def run_ablation(acfg: AblationConfig, store: str | Path, out: str | Path | None = None) -> AblationResult:
     base = resolve_paths(configlib.load(TrainConfig, acfg.train_config, acfg.train_overrides))
     setup = store_setup(store, base.split.protocol, {"ablation": acfg.name})
@@ -362,6 +371,6 @@ def run_ablation(acfg: AblationConfig, store: str | Path, out: str | Path | None
     result = AblationResult(runs=frame, table=summarize(frame, acfg),
                             missing=list(frame.loc[~frame["finished"], "run_name"]),
                             parent_run_id=parent_id)
-    _log_results(parent_id, result, acfg, Path(out or Path(acfg.storage_path) / f"{acfg.name}-results"))
+    _log_results(parent_id, result, acfg, results_folder(acfg, out))
     tracking.finish_run(parent_id, status="FINISHED" if not result.missing else "FAILED")
     return result

@@ -41,7 +41,7 @@ KLDA_HEAD_FILE = "klda_head.npz"  # the fitted KLDA head as arrays (avser.heads.
 RAY_CHECKPOINT_GLOB = "checkpoint_*"
 # Keys that may change between a run and its resumption: where and how it
 # runs, not what it trains.
-OPERATIONAL_KEYS = ("storage_path", "max_failures", "torch_threads", "data_cpus", "materialize",
+OPERATIONAL_KEYS = ("storage_path", "max_failures", "mlflow_outage", "torch_threads", "data_cpus", "materialize",
                     "cpus_per_worker", "num_workers", "use_gpu", "experiment", "run_name")
 
 
@@ -117,13 +117,16 @@ def _load(path: Path, required: bool = True):
 
 
 def load_model_state(where: str | Path) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint folder (or of a ``model.pt`` given directly)."""
-    path = Path(where)
-    path = path / MODEL_FILE if path.is_dir() else path
-    if not path.is_file():
+    """The weights of a checkpoint folder (or of a ``model.pt`` given
+    directly), on this machine or on the run's storage (a URI)."""
+    from avser.platform import storage
+
+    path = str(where)
+    path = storage.join(path, MODEL_FILE) if storage.is_folder(path) else path
+    if not storage.exists(path) or storage.is_folder(path):
         raise ConfigError(f"no {MODEL_FILE} at {path}; give the checkpoint folder of a "
                           "training run (printed at its end)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(storage.read_bytes(path), map_location="cpu", weights_only=True)
 
 
 def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], run_name: str) -> None:

@@ -20,12 +20,23 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=not quiet)
+        _check_tracking_store()
     else:
         _init_local(num_cpus, quiet)
     from avser.platform.console import print_ray_log_folder, quiet_ray_data
 
     quiet_ray_data()
     print_ray_log_folder()
+
+
+def _check_tracking_store() -> None:
+    """Refuse a file or SQLite MLflow store on a cluster of several nodes."""
+    import ray
+
+    from avser.platform.mlflow_server import check_cluster_uri
+    from avser.platform.tracking import tracking_uri
+
+    check_cluster_uri(tracking_uri(), sum(1 for node in ray.nodes() if node["Alive"]))
 
 
 def _init_local(num_cpus: int | None, quiet: bool) -> None:

@@ -10,6 +10,8 @@ from avser.features.augment import SpeechAugmentConfig
 from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.heads import KLDAConfig
 from avser.errors import ConfigError
+from avser.platform import storage
+from avser.platform.epoch_log import OutageConfig
 from avser.platform.stages import check_init, stage_of
 from avser.recipe import PRECISIONS, OptimConfig
 
@@ -66,6 +68,8 @@ class TrainConfig:
     # auto: bf16 autocast on a GPU or on a CPU with native bf16, else fp32 | bf16 | fp32
     mixed_precision: str = "auto"
     max_failures: int = 2
+    # How training rides out an MLflow server outage (avser.platform.epoch_log).
+    mlflow_outage: OutageConfig = field(default_factory=OutageConfig)
     seed: int = 0
     experiment: str = "avser"
     storage_path: str = "ray_results"
@@ -105,7 +109,7 @@ class DataPrepConfig:
 
 
 def _absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
+    return path if storage.is_uri(path) else str(Path(path).resolve())
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
@@ -115,6 +119,6 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     return replace(
         cfg,
         model_config=_absolute(cfg.model_config),
-        storage_path=_absolute(cfg.storage_path),
+        storage_path=storage.resolve(cfg.storage_path),
         init=f"checkpoint:{_absolute(init_where)}" if init_kind == "checkpoint" else cfg.init,
     )

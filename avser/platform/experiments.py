@@ -8,9 +8,10 @@ interrupted run from its last checkpoint instead of starting over.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ from avser.data.splits import Split, make_splits
 from avser.errors import AvserError
 from avser.features.config import FeatureConfig
 from avser.models.config import ModelConfig
-from avser.platform import checkpoint, runs, tracking
+from avser.platform import checkpoint, runs, storage, tracking
+from avser.platform.epoch_log import mark_failed
 from avser.platform.epochs import effective_config
 from avser.platform.config import TrainConfig, resolve_paths
 from avser.platform.runs import TrackingInfo
@@ -202,6 +204,17 @@ def store_setup(store: str | Path, protocol: str, extra_tags: dict[str, Any]) ->
                        feature_store.load_feature_config(store))
 
 
+@contextmanager
+def failed_run_marked(experiment: str, run_name: str, cfg: TrainConfig) -> Iterator[None]:
+    """A training that gives up (its retries spent) leaves its MLflow run
+    FAILED, not RUNNING: the worker that died could not say so."""
+    try:
+        yield
+    except Exception:
+        mark_failed(experiment, run_name, cfg.mlflow_outage)
+        raise
+
+
 def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
               info: TrackingInfo) -> FoldResult:
     from avser.platform.trainer import trainer_for  # imports ray.train
@@ -211,6 +224,7 @@ def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
     loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
                                   setup.feature_cfg)
     trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
-    result = trainer.fit()
-    final = result.checkpoint.path if result.checkpoint else None
+    with failed_run_marked(info.experiment, run_name, cfg):
+        result = trainer.fit()
+    final = storage.checkpoint_uri(result.checkpoint) if result.checkpoint else None
     return FoldResult(split.name, run_name, dict(result.metrics or {}), final)

@@ -7,7 +7,6 @@ the trial's run name, so a resumed trial never makes a second child).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 from avser import config as configlib
 from avser.data.splits import make_splits
 from avser.heads import KLDAConfig, evaluate_head, fit_klda_head, save_head
-from avser.platform import checkpoint, registry, runs, tracking
+from avser.platform import checkpoint, registry, runs, storage, tracking
 from avser.platform.config import TrainConfig, resolve_paths
 from avser.platform.experiments import datasets_for, store_setup
 from avser.platform.registry import CANDIDATE_ALIAS
@@ -25,7 +24,7 @@ from avser.platform.model_card import version_card
 from avser.platform.stages import FUSION
 from avser.platform.train import FINISHED_KEY
 from avser.platform.tune import (
-    TuneConfig, TuneJob, build_tuner, parse_space, search_klda, storage_uri,
+    TuneConfig, TuneJob, build_tuner, parse_space, search_klda,
 )
 
 CHECKPOINT_KEY = "checkpoint_path"
@@ -72,7 +71,7 @@ def _final_checkpoint(result) -> str | None:
     (Train-inside-Tune), or Tune's own checkpoint (a trial that trained itself)."""
     path = (result.metrics or {}).get(CHECKPOINT_KEY)
     if path is None and result.checkpoint is not None:
-        path = result.checkpoint.path
+        path = storage.checkpoint_uri(result.checkpoint)
     return path
 
 
@@ -99,7 +98,8 @@ def _klda_stage(tcfg: TuneConfig, base: TrainConfig, trials: pd.DataFrame, label
         raise RuntimeError("no trial finished; see the trial table and the Ray logs")
     best = None
     for _, trial in finished.head(tcfg.klda_search.top_trials).iterrows():
-        features = checkpoint.load_hybrid_features(trial[CHECKPOINT_KEY])
+        with storage.local_folder(trial[CHECKPOINT_KEY]) as folder:
+            features = checkpoint.load_hybrid_features(folder)
         study, per_trial = search_klda(features, base.klda, tcfg.klda_search, tcfg.seed, labels)
         if best is None or study.best_value > best[1].best_value:
             best = (trial, study, per_trial, features)
@@ -121,11 +121,11 @@ def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id,
     """The best trial's network with the searched KLDA head, as one version."""
     tags = {"parent_run_id": parent_id, "trial_id": str(trial["trial_id"]), "search": tcfg.name,
             "klda_gamma": str(klda_cfg.gamma), "klda_reg": str(klda_cfg.reg), **tags}
-    bundle = Path(trial[CHECKPOINT_KEY]) / checkpoint.BUNDLE_FILE
     card = version_card(f"{tcfg.register_as}: best of search {tcfg.name}", tags, base.split, labels,
                         metrics, made_by=f"search `{tcfg.name}`: trial {trial['trial_id']} "
                         f"({params}), KLDA gamma {klda_cfg.gamma:.3g}, reg {klda_cfg.reg:.3g}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, storage.local_folder(trial[CHECKPOINT_KEY]) as folder:
+        bundle = folder / checkpoint.BUNDLE_FILE
         head_path = Path(tmp, checkpoint.KLDA_HEAD_FILE)
         save_head(head, head_path)
         return registry.register_version(parent_id, tcfg.register_as, bundle, tags,
@@ -169,7 +169,7 @@ def pretrained_init(tcfg: TuneConfig, store: str | Path) -> str:
 
     cfg = resolve_paths(configlib.load(TrainConfig, tcfg.train_config, [
         *tcfg.train_overrides, "stage=pretrain", "init=scratch", f"experiment={tcfg.experiment}",
-        f"storage_path={storage_uri(tcfg.storage_path)}", *tcfg.pretrain_overrides]))
+        f"storage_path={storage.resolve(tcfg.storage_path)}", *tcfg.pretrain_overrides]))
     print(f"pretraining the RACNN on speech ({cfg.optim.max_epochs} epochs at most, the search's "
           "training split) before the search", flush=True)
     fold = run_training(cfg, store, extra_tags={"search": tcfg.name}).folds[0]
@@ -178,16 +178,15 @@ def pretrained_init(tcfg: TuneConfig, store: str | Path) -> str:
     # A fixed place per search: a re-run (its pretraining reported again from a
     # checkpoint Ray may have moved) gives the trials the same init, and so the
     # same search parameters in MLflow.
-    if "://" in tcfg.storage_path:  # object storage: the checkpoint where Ray keeps it
-        return f"checkpoint:{fold.checkpoint_path}"
-    weights = Path(storage_uri(tcfg.storage_path)) / f"{tcfg.name}-racnn" / checkpoint.MODEL_FILE
-    if not weights.exists():
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(fold.checkpoint_path) / checkpoint.MODEL_FILE, weights)
+    folder = storage.join(storage.resolve(tcfg.storage_path), f"{tcfg.name}-racnn")
+    weights = storage.join(folder, checkpoint.MODEL_FILE)
+    if not storage.exists(weights):
+        with storage.local_folder(fold.checkpoint_path) as trained:
+            storage.upload_file(trained / checkpoint.MODEL_FILE, weights)
     print(f"RACNN pretrained ({fold.run_name}): speech-only val UA "
           f"{100 * fold.metrics.get('final_val_ua', float('nan')):.1f}%; every trial starts from it",
           flush=True)
-    return f"checkpoint:{weights.parent}"
+    return f"checkpoint:{folder}"
 
 
 def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
@@ -203,7 +202,7 @@ def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
     tracking.log_params(parent_id, {"tune": tcfg, "base": base})
     job = TuneJob(base=configlib.to_dict(base), datasets=datasets_for(store, setup.meta, split, base),
                   label_names=labels, name=tcfg.name,
-                  storage_path=f"{storage_uri(tcfg.storage_path)}/{tcfg.name}-trials",
+                  storage_path=storage.join(storage.resolve(tcfg.storage_path), f"{tcfg.name}-trials"),
                   in_trial=tcfg.single_worker_in_trial,
                   tracking=runs.tracking_info(tcfg.experiment, setup, parent_run_id=parent_id,
                                               register=False, figures=False),

@@ -8,7 +8,6 @@ columns it needs, what it registers as, whether a KLDA head follows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,7 +64,7 @@ def pretrained_racnn_state(init: str) -> dict[str, torch.Tensor] | None:
     if kind == "scratch":
         return None
     if kind == "checkpoint":
-        return checkpoint.load_model_state(Path(where))
+        return checkpoint.load_model_state(where)
     from avser.platform import registry  # MLflow only when asked for
 
     name, _, alias = where.partition("@")

@@ -28,6 +28,7 @@ import torch
 
 from avser import recipe
 from avser.platform import checkpoint, finalize, tracking
+from avser.platform.epoch_log import EpochLog
 from avser.platform.checkpoint import LoopState
 from avser.platform.epochs import LoopContext, effective_config, predict, run_epoch, unwrap
 from avser.platform.session import LoopSession, TrainWorkerSession
@@ -71,28 +72,32 @@ def _restore(ctx: LoopContext, session: LoopSession, model, optimizer,
 # ---------------------------------------------------------------- tracking
 
 
-def _start_tracking(ctx: LoopContext, state: LoopState) -> set[int]:
+def _start_tracking(ctx: LoopContext, state: LoopState) -> EpochLog:
     """Rank 0 opens (or, after a restart, re-opens) the run's MLflow run;
-    returns the epochs that run already holds and must not be logged again."""
+    its epoch log knows the epochs that run already holds."""
     # The driver resolved the store (a relative default would land in this
     # worker's own working directory); this process logs only there.
     os.environ[tracking.TRACKING_URI_ENV] = ctx.tracking.uri
+    ctx.cfg.mlflow_outage.apply_to_client()
     if state.mlflow_run_id is None:
         state.mlflow_run_id = tracking.start_run(
             ctx.tracking.experiment, run_key=ctx.run_name, run_name=ctx.run_name,
             tags=ctx.tracking.tags, parent_run_id=ctx.tracking.parent_run_id,
         )
         tracking.log_params(state.mlflow_run_id, {"train": ctx.cfg, "model": ctx.model_cfg})
-        return set()
+        return EpochLog(state.mlflow_run_id, ctx.cfg.mlflow_outage)
     # Restored from a checkpoint: the attempt that died may have logged epochs
     # past it (rank 0 logs an epoch before reporting its checkpoint, and Ray
     # registers a reported checkpoint only at its next poll). MLflow cannot
     # delete metric points, so those epochs keep their first entry.
     history = tracking.client().get_metric_history(state.mlflow_run_id, "epoch")
+    # A job that gave up marked it FAILED; it is running again.
+    tracking.client().update_run(state.mlflow_run_id, status="RUNNING")
     # When and where it resumed: what a failure cost is read off this curve.
     tracking.log_metrics(state.mlflow_run_id, {RESTORED_KEY: state.epoch}, step=state.epoch)
     print(f"[{ctx.run_name}] resumed at epoch {state.epoch} from its last checkpoint", flush=True)
-    return {int(m.step) for m in history if m.step >= state.epoch}
+    return EpochLog(state.mlflow_run_id, ctx.cfg.mlflow_outage,
+                    logged={int(m.step) for m in history if m.step >= state.epoch})
 
 
 def _record_shard(ctx: LoopContext, rank: int, seen_ids: list[str]) -> None:
@@ -126,7 +131,7 @@ def run_loop(ctx: LoopContext, session: LoopSession) -> None:
         return
     # The fusion model leaves branches unused on batches without faces.
     model = session.prepare_model(model, find_unused_parameters=ctx.stage.with_visual)
-    logged_epochs = _start_tracking(ctx, state) if session.rank == 0 else set()
+    epoch_log = _start_tracking(ctx, state) if session.rank == 0 else None
     train_shard, val_data = session.dataset("train"), session.dataset("val")
 
     while state.epoch < ctx.cfg.optim.max_epochs and state.stale_epochs < ctx.cfg.optim.patience:
@@ -137,11 +142,12 @@ def run_loop(ctx: LoopContext, session: LoopSession) -> None:
         if seen is not None:
             _record_shard(ctx, session.rank, seen)
         metrics["epoch"] = epoch
-        _report_epoch(ctx, session, model, optimizer, state, best_state, metrics, logged_epochs, ema)
+        _report_epoch(ctx, session, model, optimizer, state, best_state, metrics, epoch_log, ema)
 
     if session.rank != 0:
         session.report({"epoch": state.epoch - 1, FINISHED_KEY: 1})
         return
+    epoch_log.flush()  # the end of the run needs the server
     with tempfile.TemporaryDirectory() as folder:
         final = _finish(ctx, session, model, best_state, state, device, folder)
         session.report({**final, "epoch": state.epoch - 1, FINISHED_KEY: 1}, folder=folder)
@@ -157,12 +163,11 @@ def _report_finished(session: LoopSession, state: LoopState) -> None:
 
 
 def _report_epoch(ctx, session: LoopSession, model, optimizer, state, best_state, metrics,
-                  logged_epochs: set[int], ema: recipe.WeightEMA | None = None) -> None:
-    if session.rank != 0:
+                  epoch_log: EpochLog | None, ema: recipe.WeightEMA | None = None) -> None:
+    if epoch_log is None:  # not rank 0
         session.report(metrics)
         return
-    if metrics["epoch"] not in logged_epochs:
-        tracking.log_metrics(state.mlflow_run_id, metrics, step=metrics["epoch"])
+    epoch_log.log(metrics, step=metrics["epoch"])
     print(f"[{ctx.run_name}] epoch {metrics['epoch']}: train loss {metrics['train_loss']:.3f}, "
           f"val loss {metrics['val_loss']:.3f}, val UA {metrics['val_ua']:.3f} "
           f"({metrics['epoch_seconds']:.1f} s)", flush=True)

@@ -4,12 +4,12 @@ that starting the same run again resumes it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from avser.platform import storage
 from avser.platform.config import TrainConfig
 from avser.platform.train import train_loop_per_worker
 
@@ -41,8 +41,7 @@ def trainer_for(loop_config: dict[str, Any], datasets: dict[str, Any], cfg: Trai
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path
-            else cfg.storage_path,
+            storage_path=storage.resolve(cfg.storage_path),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=callbacks,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from avser import config as configlib
 from avser.errors import ConfigError
 from avser.heads import KLDAConfig
 from avser.features.config import FeatureConfig
+from avser.platform import storage
 from avser.platform.config import DataPrepConfig, TrainConfig
 from avser.platform.runs import TrackingInfo
 
@@ -188,18 +188,22 @@ def train_trial(loop_config: dict[str, Any], cfg: TrainConfig, datasets: dict[st
     """Train one run inside the current Tune trial: the per-worker loop right
     here, or (more than one worker, or ``in_trial`` false) a Ray Train run
     named ``run_name`` whose results are reported on to Tune."""
-    if trains_in_trial(cfg, in_trial):
-        from avser.platform.epochs import LoopContext
-        from avser.platform.session import TuneTrialSession
-        from avser.platform.train import run_loop
+    from avser.platform.epochs import LoopContext
+    from avser.platform.experiments import failed_run_marked
 
-        run_loop(LoopContext.from_loop_config(loop_config), TuneTrialSession(datasets, cfg.use_gpu))
-        return
-    from ray.tune.integration.ray_train import TuneReportCallback
+    ctx = LoopContext.from_loop_config(loop_config)
+    with failed_run_marked(ctx.tracking.experiment, run_name, cfg):
+        if trains_in_trial(cfg, in_trial):
+            from avser.platform.session import TuneTrialSession
+            from avser.platform.train import run_loop
 
-    from avser.platform.trainer import trainer_for
+            run_loop(ctx, TuneTrialSession(datasets, cfg.use_gpu))
+            return
+        from ray.tune.integration.ray_train import TuneReportCallback
 
-    trainer_for(loop_config, datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
+        from avser.platform.trainer import trainer_for
+
+        trainer_for(loop_config, datasets, cfg, run_name, callbacks=[TuneReportCallback()]).fit()
 
 
 def trains_in_trial(cfg: TrainConfig, in_trial: bool) -> bool:
@@ -227,8 +231,8 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
     trainable = tune.with_resources(tune.with_parameters(trial_driver, job=job),
                                     trial_resources(base, tcfg.single_worker_in_trial,
                                                     tcfg.driver_cpus))
-    storage = storage_uri(tcfg.storage_path)
-    path = f"{storage}/{tcfg.name}"
+    storage_path = storage.resolve(tcfg.storage_path)
+    path = storage.join(storage_path, tcfg.name)
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True), True
@@ -249,7 +253,7 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
                                     # A trial that trains itself starts torch, MLflow and
                                     # avser in its process: the next trial reuses them.
                                     reuse_actors=trains_in_trial(base, tcfg.single_worker_in_trial)),
-        run_config=tune.RunConfig(name=tcfg.name, storage_path=storage,
+        run_config=tune.RunConfig(name=tcfg.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
                                   # Our one line per trial instead of Tune's status boxes.
                                   verbose=0, callbacks=[TrialTable(metric=tcfg.metric)],
@@ -259,8 +263,6 @@ def build_tuner(tcfg: TuneConfig, job: TuneJob):
     return tuner, False
 
 
-def storage_uri(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 # ------------------------------------------------------------ stage 2: KLDA
