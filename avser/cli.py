@@ -198,10 +198,17 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             address=args.node_address, head=getattr(args, "address", None), num_cpus=args.num_cpus,
             ports={"gcs": getattr(args, "port", 0), "dashboard": getattr(args, "dashboard_port", 0)},
             worker_ports=args.worker_ports, temp_dir=args.temp_dir, token_file=args.token_file,
-            mlflow_uri=_cluster_mlflow_uri(args) if args.cluster_command == "up" else "")
+            mlflow_uri=_cluster_mlflow_uri(args) if args.cluster_command == "up" else "",
+            storage_root=_storage_root(args))
         state = nodes.start_node(folder, request)
         print(f"Ray {state.role} up on {state.address}: cluster {state.head}; state in {folder}\n"
               f"talk to it: eval \"$(avser cluster env --state-dir {folder})\"")
+        if state.dashboard_url:
+            print(f"dashboard and job server: {state.dashboard_url}\nsubmit a job:\n"
+                  f"  RAY_ADDRESS={state.dashboard_url} RAY_AUTH_MODE=token "
+                  f"RAY_AUTH_TOKEN_PATH={state.token_file} \\\n"
+                  "  ray job submit --working-dir . -- python jobs/tune_fusion.py "
+                  "--config configs/tune_fusion.yaml")
         return 0
     if args.cluster_command == "down":
         nodes.stop_node(folder)
@@ -213,6 +220,14 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         raise AvserError(f"no running node in {folder}: start one with `avser cluster up`")
     print("\n".join(nodes.env_lines(state)))
     return 0
+
+
+def _storage_root(args: argparse.Namespace) -> str:
+    """Absolute: the jobs run elsewhere (a copy of the working dir, other nodes)."""
+    from avser.platform.storage import is_uri
+
+    root = getattr(args, "storage_root", None) or ""
+    return root if not root or is_uri(root) else str(Path(root).resolve())
 
 
 def _cluster_mlflow_uri(args: argparse.Namespace) -> str:
@@ -247,6 +262,10 @@ def _add_cluster(sub) -> None:
     up.add_argument("--mlflow-uri", default=None,
                     help="MLflow tracking URI the jobs of this cluster log to (default: $MLFLOW_TRACKING_URI, "
                          "else ./mlruns/mlflow.db; `avser cluster env` exports it)")
+    up.add_argument("--storage-root", default=None,
+                    help="folder or URI (shared by every node: NFS, s3://...) that the jobs' relative "
+                         "storage_path values resolve against; without it a submitted job must give "
+                         "an absolute storage_path")
     for name, text in (("down", "stop this node's processes (never `ray stop`)"),
                        ("status", "ray status, the job server's token check, listening sockets"),
                        ("env", "export lines: eval \"$(avser cluster env)\"")):

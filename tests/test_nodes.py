@@ -76,11 +76,14 @@ def test_sockets_beyond_loopback_and_the_node_address_are_exposed() -> None:
 
 def test_env_lines_point_ray_at_the_cluster(tmp_path) -> None:
     state = NodeState(nodes.HEAD, "10.0.0.1", "10.0.0.1:6379", 5, "/s", "/t", str(tmp_path / "tok"),
-                      {"dashboard": 8265}, None, "http://10.0.0.1:5000")
+                      {"dashboard": 8265}, None, "http://10.0.0.1:5000", "/shared/avser")
     assert nodes.env_lines(state) == [
         "export RAY_API_SERVER_ADDRESS=http://10.0.0.1:8265", "export RAY_ADDRESS=10.0.0.1:6379",
         "export RAY_AUTH_MODE=token", f"export RAY_AUTH_TOKEN_PATH={tmp_path / 'tok'}",
-        "export MLFLOW_TRACKING_URI=http://10.0.0.1:5000"]
+        "export MLFLOW_TRACKING_URI=http://10.0.0.1:5000", "export AVSER_STORAGE_ROOT=/shared/avser"]
+    # The jobs of the cluster inherit both through the environment Ray starts with.
+    env = nodes.ray_env(tmp_path / "tok", "127.0.0.1", nodes.jobs_env(state.mlflow_uri, state.storage_root))
+    assert env["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000" and env["AVSER_STORAGE_ROOT"] == "/shared/avser"
     nodes.write_state(tmp_path, state)
     assert nodes.read_state(tmp_path) == state
     assert not nodes.is_running(state)  # session 5 is not this node's

@@ -10,6 +10,11 @@ All `slow` (`make test-slow`), about 10 minutes:
   loopback and that namespace's address.
 - The worker node killed mid-training and rejoined: the run resumes from its
   last checkpoint into the same MLflow run and registers one version.
+
+Both nodes' jobs log to one MLflow server on the head's address (with
+MLflow's basic auth, as beyond loopback it must be); the tests read its
+SQLite backend directly, since the host's own namespace cannot reach the
+namespaces' addresses.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ import time
 import pytest
 
 from two_nodes import RAY, REPO, clean_env, require_namespaces, two_namespaces
+
+# The job's code; the runtime env names no MLflow URI: jobs inherit the cluster's.
+RUNTIME_ENV = ('{"excludes": ["out", ".venv", "mlruns", "ray_results", ".git", "bench/figures", '
+               '".ray-local"]}')
 
 # In `make test-slow`: with them `make test` would pass its 15-minute budget.
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -44,20 +53,28 @@ def cluster(tmp_path_factory):
     require_namespaces()
     root = tmp_path_factory.mktemp("two-nodes")
     with two_namespaces(root) as (head, worker):
-        up = head.avser("up", "--node-address", head.address, "--num-cpus", "1")
+        server = head.avser("up", "--host", head.address, command="mlflow")
+        assert server.returncode == 0, server.stdout + server.stderr
+        mlflow_env = dict(line.removeprefix("export ").split("=", 1)
+                          for line in head.avser("env", command="mlflow").stdout.splitlines())
+        assert mlflow_env["MLFLOW_TRACKING_URI"].startswith(f"http://{head.address}:")
+        # Every Ray process of both nodes, and so every job, inherits the credentials.
+        up = head.avser("up", "--node-address", head.address, "--num-cpus", "1",
+                        "--mlflow-uri", mlflow_env["MLFLOW_TRACKING_URI"], env=mlflow_env)
         assert up.returncode == 0, up.stdout + up.stderr
         token = head.state_dir / "auth_token"
         assert oct(token.stat().st_mode & 0o777) == "0o600"
         (worker.state_dir / "auth_token").write_text(token.read_text())
         join = worker.avser("join", "--address", head.state()["head"], "--node-address",
-                            worker.address, "--num-cpus", "1")
+                            worker.address, "--num-cpus", "1", env=mlflow_env)
         assert join.returncode == 0, join.stdout + join.stderr
         # The token travels in a file: no process of either node has it on its command line.
         secret = token.read_text().strip()
         for node in (head, worker):
             for pid in _pids(node):
                 assert secret not in _cmdline(pid), f"token on the command line of pid {pid}"
-        yield {"head": head, "worker": worker, "root": root}
+        yield {"head": head, "worker": worker, "root": root, "mlflow_env": mlflow_env,
+               "mlflow_db": f"sqlite:///{head.state_dir / 'mlflow.db'}"}
 
 
 def _pids(node) -> list[int]:
@@ -124,13 +141,11 @@ def test_ddp_training_spans_both_nodes_and_listens_only_on_their_addresses(clust
         interfaces = node.run(["ip", "-o", "addr", "show"]).stdout
         assert set(a.split("/")[0] for a in interfaces.split() if a[0].isdigit() and "/" in a) \
             == {"127.0.0.1", node.address}
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = cluster["mlflow_db"]
     env = client_env(head)
-    runtime_env = ('{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}, "excludes": ["out", ".venv", '
-                   '"mlruns", "ray_results", ".git", "bench/figures"]}' % uri)
     store = _smoke_store(root)
     job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
-                      runtime_env, "--", "python", "jobs/train_fusion.py", "--store", str(store),
+                      RUNTIME_ENV, "--", "python", "jobs/train_fusion.py", "--store", str(store),
                       "--config", "configs/train_smoke.yaml", "--num-workers", "2",
                       "--set", "cpus_per_worker=0.75", "--set", f"storage_path={root}/ray",
                       "--set", "optim.max_epochs=2", "--set", "experiment=two-nodes"],
@@ -209,12 +224,10 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
     import json
 
     head, worker, root = cluster["head"], cluster["worker"], cluster["root"]
-    uri = f"sqlite:///{root}/mlflow-failure.db"
-    runtime_env = ('{"env_vars": {"MLFLOW_TRACKING_URI": "%s"}, "excludes": ["out", ".venv", '
-                   '"mlruns", "ray_results", ".git", "bench/figures"]}' % uri)
+    uri = cluster["mlflow_db"]
     store, epochs = _smoke_store(root), 30
     job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
-                      runtime_env, "--", "python", "jobs/train_fusion.py", "--store", str(store),
+                      RUNTIME_ENV, "--", "python", "jobs/train_fusion.py", "--store", str(store),
                       "--config", "configs/train_smoke.yaml", "--num-workers", "2",
                       "--set", "cpus_per_worker=0.75", "--set", f"storage_path={root}/ray-failure",
                       "--set", f"optim.max_epochs={epochs}", "--set", f"optim.patience={epochs}",
@@ -239,7 +252,7 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
     (worker.state_dir / "node.json").unlink()
     time.sleep(5)
     rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
-                          worker.address, "--num-cpus", "1")
+                          worker.address, "--num-cpus", "1", env=cluster["mlflow_env"])
     assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
     job.wait(timeout=600)
     finished_wall = time.time()

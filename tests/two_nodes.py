@@ -47,9 +47,11 @@ class Node:
         return subprocess.Popen(["ip", "netns", "exec", self.namespace, *args], env=env, cwd=REPO,
                                 text=True, **kwargs)
 
-    def avser(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return self.run([AVSER, "cluster", *args, "--state-dir", str(self.state_dir)],
-                        env=clean_env(), timeout=timeout)
+    def avser(self, *args: str, timeout: float = 180, command: str = "cluster",
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """``avser cluster ARGS`` (or another ``command``) for this node."""
+        return self.run([AVSER, command, *args, "--state-dir", str(self.state_dir)],
+                        env=clean_env(**(env or {})), timeout=timeout)
 
     def state(self) -> dict:
         return json.loads((self.state_dir / "node.json").read_text())

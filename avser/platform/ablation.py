@@ -348,7 +348,8 @@ def results_folder(acfg: AblationConfig, out: str | Path | None) -> Path:
 
 
 def run_ablation(acfg: AblationConfig, store: str | Path, out: str | Path | None = None) -> AblationResult:
-    base = resolve_paths(configlib.load(TrainConfig, acfg.train_config, acfg.train_overrides))
+    base = resolve_paths(configlib.load(TrainConfig, acfg.train_config, [
+        *acfg.train_overrides, f"storage_path={storage.resolve(acfg.storage_path)}"]))
     setup = store_setup(store, base.split.protocol, {"ablation": acfg.name})
     pretrains, cells = plan(acfg, base, len(setup.label_names))
     resumed = tracking.find_run(acfg.experiment, acfg.name) is not None

@@ -73,6 +73,7 @@ class NodeState:
     ports: dict[str, int] = field(default_factory=dict)
     worker_ports: tuple[int, int] | None = None
     mlflow_uri: str = ""
+    storage_root: str = ""  # where the jobs' relative storage paths resolve
 
     @property
     def dashboard_url(self) -> str | None:
@@ -283,7 +284,15 @@ def interface_of(address: str) -> str | None:
     return next((name for name, held in interfaces() if held == address), None)
 
 
-def ray_env(token: Path, address: str, mlflow_uri: str = "") -> dict[str, str]:
+def jobs_env(mlflow_uri: str = "", storage_root: str = "") -> dict[str, str]:
+    """What every job of the cluster inherits: where it logs and keeps checkpoints."""
+    from avser.platform.storage import STORAGE_ROOT_ENV
+
+    env = {"MLFLOW_TRACKING_URI": mlflow_uri, STORAGE_ROOT_ENV: storage_root}
+    return {k: v for k, v in env.items() if v}
+
+
+def ray_env(token: Path, address: str, jobs: dict[str, str] | None = None) -> dict[str, str]:
     """The environment ``ray start`` and the node's processes run with."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -299,8 +308,7 @@ def ray_env(token: Path, address: str, mlflow_uri: str = "") -> dict[str, str]:
         env.update(GLOO_SOCKET_IFNAME=interface, NCCL_SOCKET_IFNAME=interface)
     # Job entrypoints say `python ...`: make that this Python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if mlflow_uri:
-        env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    env.update(jobs or {})
     return env
 
 
@@ -360,6 +368,7 @@ class StartRequest:
     temp_dir: str | None = None
     token_file: str | None = None
     mlflow_uri: str = ""
+    storage_root: str = ""
 
 
 def start_node(folder: Path, request: StartRequest, out=sys.stdout) -> NodeState:
@@ -386,13 +395,14 @@ def start_node(folder: Path, request: StartRequest, out=sys.stdout) -> NodeState
             # A new session: `down` finds every process of this node by its id.
             done = subprocess.run([ray_executable(), *args], cwd=folder, stdout=sink, stderr=sink,
                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                  env={**ray_env(token, request.address, request.mlflow_uri),
+                                  env={**ray_env(token, request.address,
+                                                 jobs_env(request.mlflow_uri, request.storage_root)),
                                        **_metric_env(ports)})
         session, sid = _session_of(temp_dir)
         if done.returncode == 0 and sid:
             head = request.head or f"{request.address}:{ports['gcs']}"
             state = NodeState(request.role, request.address, head, sid, session, str(temp_dir),
-                              str(token), ports, workers, request.mlflow_uri)
+                              str(token), ports, workers, request.mlflow_uri, request.storage_root)
             write_state(folder, state)
             (folder / ENV_FILE).write_text("\n".join(env_lines(state)) + "\n")
             if request.role == HEAD:
@@ -437,8 +447,7 @@ def env_lines(state: NodeState) -> list[str]:
              f"export RAY_AUTH_TOKEN_PATH={state.token_file}"]
     if state.dashboard_url:
         lines.insert(0, f"export RAY_API_SERVER_ADDRESS={state.dashboard_url}")
-    if state.mlflow_uri:
-        lines.append(f"export MLFLOW_TRACKING_URI={state.mlflow_uri}")
+    lines += [f"export {k}={v}" for k, v in jobs_env(state.mlflow_uri, state.storage_root).items()]
     return lines
 
 

@@ -190,8 +190,9 @@ def pretrained_init(tcfg: TuneConfig, store: str | Path) -> str:
 
 
 def run_search(tcfg: TuneConfig, store: str | Path) -> SearchResult:
-    base = resolve_paths(configlib.load(TrainConfig, tcfg.train_config,
-                                        [*tcfg.train_overrides, "stage=fusion"]))
+    # The trials keep their checkpoints under the search's storage_path.
+    base = resolve_paths(configlib.load(TrainConfig, tcfg.train_config, [
+        *tcfg.train_overrides, "stage=fusion", f"storage_path={storage.resolve(tcfg.storage_path)}"]))
     if tcfg.pretrain:
         base = replace(base, init=pretrained_init(tcfg, store))
     setup = store_setup(store, base.split.protocol, {"stage": FUSION.name, "search": tcfg.name})
