@@ -1,4 +1,5 @@
-"""platform/local-cluster: a real Ray head on loopback with token auth.
+"""platform/local-cluster (a wrapper of `avser cluster`): a real Ray head on
+loopback with token auth.
 
 One cluster for the module (state and Ray temp dir of its own, explicit free
 ports), driven only through the script and the `ray` CLI, as a user would:
@@ -50,12 +51,9 @@ def run(args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = 
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def read_state(path: Path) -> dict[str, str]:
-    state = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition("=")
-        state[key] = value
-    return state
+def read_state(state_dir: Path) -> dict:
+    """The node's state (``node.json``) as `avser cluster up` wrote it."""
+    return json.loads((state_dir / "node.json").read_text())
 
 
 def session_pids(sid: int) -> set[int]:
@@ -107,18 +105,19 @@ class Cluster:
     dashboard_port: int
 
     @property
-    def state(self) -> dict[str, str]:
-        return read_state(self.state_dir / "cluster.env")
+    def state(self) -> dict:
+        return read_state(self.state_dir)
 
     @property
     def token_file(self) -> Path:
         return self.state_dir / "auth_token"
 
     def service_ports(self) -> set[int]:
-        return {int(v) for k, v in self.state.items() if k.endswith("_PORT") and "WORKER" not in k}
+        return {int(port) for port in self.state["ports"].values()}
 
     def worker_ports(self) -> set[int]:
-        return set(range(int(self.state["WORKER_MIN_PORT"]), int(self.state["WORKER_MAX_PORT"]) + 1))
+        low, high = self.state["worker_ports"]
+        return set(range(low, high + 1))
 
     def client_env(self) -> dict[str, str]:
         """What `platform/local-cluster up` tells a user to set."""
@@ -148,8 +147,8 @@ def cluster(tmp_path_factory):
         up = run([str(SCRIPT), "up", "--num-cpus", "2", "--port", str(gcs_port),
                   "--dashboard-port", str(dashboard_port), "--temp-dir", str(temp_dir),
                   "--worker-ports", "64"], env)
-        if (state_dir / "cluster.env").exists():
-            sid = int(read_state(state_dir / "cluster.env")["CLUSTER_SID"])
+        if (state_dir / "node.json").exists():
+            sid = read_state(state_dir)["sid"]
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}"
         yield Cluster(state_dir, env, up.stdout, gcs_port, dashboard_port)
     finally:
@@ -175,11 +174,11 @@ def test_up_prints_how_to_submit(cluster):
 
 
 def test_up_again_is_idempotent(cluster):
-    sid = cluster.state["CLUSTER_SID"]
+    sid = cluster.state["sid"]
     again = run([str(SCRIPT), "up"], cluster.env)
     assert again.returncode == 0, again.stderr
     assert "already up" in again.stdout
-    assert cluster.state["CLUSTER_SID"] == sid
+    assert cluster.state["sid"] == sid
 
 
 def test_job_submit_succeeds(cluster):
@@ -245,7 +244,7 @@ def test_requests_without_token_are_refused(cluster, tmp_path):
 
 
 def test_every_socket_is_on_loopback(cluster):
-    sid = int(cluster.state["CLUSTER_SID"])
+    sid = cluster.state["sid"]
     pids = session_pids(sid)
     assert pids, "no processes found in the cluster's session"
     ports = cluster.service_ports() | cluster.worker_ports()
@@ -268,14 +267,13 @@ def test_every_socket_is_on_loopback(cluster):
 def test_status_reports_the_cluster(cluster):
     status = run([str(SCRIPT), "status"], cluster.env)
     assert status.returncode == 0, f"{status.stdout}\n{status.stderr}"
-    assert "with token:    HTTP 200" in status.stdout
-    assert "without token: HTTP 401" in status.stdout
+    assert "HTTP 200 with the token, 401 without" in status.stdout
     assert "Active:" in status.stdout  # from `ray status`
     assert "EXPOSED" not in status.stdout
 
 
 def test_down_leaves_nothing_listening(cluster):
-    sid = int(cluster.state["CLUSTER_SID"])
+    sid = cluster.state["sid"]
     ports = cluster.service_ports()
     down = run([str(SCRIPT), "down"], cluster.env, timeout=90)
     assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
@@ -285,4 +283,4 @@ def test_down_leaves_nothing_listening(cluster):
         time.sleep(0.2)
     assert not left, "still listening after down:\n" + "\n".join(left)
     assert run([str(SCRIPT), "status"], cluster.env).returncode == 3
-    assert not (cluster.state_dir / "cluster.env").exists()
+    assert not (cluster.state_dir / "node.json").exists()

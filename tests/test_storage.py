@@ -78,3 +78,10 @@ def test_a_ray_checkpoint_on_local_storage_keeps_its_path(tmp_path):
 def test_an_unknown_scheme_names_the_ones_that_work():
     with pytest.raises(ConfigError, match="cannot open storage 'nosuch://x'.*s3://"):
         storage.filesystem("nosuch://x")
+
+
+def test_paths_into_a_jobs_working_dir_copy_are_made_relative_to_it():
+    copy = "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_e0ed30fc4cccca3a/"
+    assert storage.portable(copy + "configs/model/tiny.yaml") == "configs/model/tiny.yaml"
+    assert storage.portable("/data/configs/model/tiny.yaml") == "/data/configs/model/tiny.yaml"
+    assert storage.portable(3) == 3

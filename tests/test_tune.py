@@ -81,7 +81,7 @@ def cluster(tmp_path_factory):
     up = run([str(SCRIPT), "up", "--num-cpus", "2", "--port", str(free_port()),
               "--dashboard-port", str(dashboard_port), "--temp-dir", str(temp_dir),
               "--worker-ports", "64"], env)
-    sid = int(read_state(state_dir / "cluster.env")["CLUSTER_SID"]) if up.returncode == 0 else None
+    sid = read_state(state_dir)["sid"] if up.returncode == 0 else None
     try:
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}"
         client = clean_env(RAY_ADDRESS=f"http://127.0.0.1:{dashboard_port}", RAY_AUTH_MODE="token",

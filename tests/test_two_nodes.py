@@ -1,7 +1,7 @@
 """Two Ray nodes for real: a head and a worker node in two network namespaces,
 started with `avser cluster up` and `avser cluster join` (tests/two_nodes.py).
 
-All `slow` (`make test-slow`), about 10 minutes:
+All `slow` (`make test-slow`), about 15 minutes:
 
 - The worker node joins: the cluster has two nodes and a job's tasks run on both.
 - Without the token the job server refuses a request and a submission.
@@ -10,6 +10,8 @@ All `slow` (`make test-slow`), about 10 minutes:
   loopback and that namespace's address.
 - The worker node killed mid-training and rejoined: the run resumes from its
   last checkpoint into the same MLflow run and registers one version.
+- The same for a search of three two-worker trials: it ends with exactly
+  three trials, one child run each, and one registered version.
 
 Both nodes' jobs log to one MLflow server on the head's address (with
 MLflow's basic auth, as beyond loopback it must be); the tests read its
@@ -280,4 +282,62 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
     (root / "node_failure.json").write_text(json.dumps(cost))
     print("node failure cost:", cost)
     versions = client.search_model_versions(f"run_id = '{run_id}'")
+    assert len(versions) == 1
+
+
+def _kill_worker_node(worker) -> None:
+    from two_nodes import _pids_in_namespace
+
+    for pid in _pids(worker) + _pids_in_namespace(worker.namespace):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    (worker.state_dir / "node.json").unlink()
+
+
+def test_a_search_survives_the_death_of_the_worker_node(cluster):
+    """A search of three trials, each a two-worker DDP training across the
+    nodes; the worker node killed once the first trial finished, then
+    rejoined: the search ends with exactly three trials, one child run
+    each, and one registered version."""
+    from test_tune import SMOKE, _finished_trials
+
+    head, worker, root = cluster["head"], cluster["worker"], cluster["root"] / "search"
+    name, samples = "two-nodes-search", 3
+    train = "[optim.max_epochs=4, optim.batch_size=8, max_failures=3, num_workers=2, cpus_per_worker=0.75]"
+    values = {"data.root": root / "synthetic", "data.manifest": root / "manifest.parquet",
+              "data.store": cluster["root"] / "store", "storage_path": root / "ray_results",
+              "name": name, "num_samples": samples, "train_overrides": train,
+              "experiment": "two-nodes-search", "max_failures": 3}
+    job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
+                      RUNTIME_ENV, "--", "python", "jobs/tune_fusion.py", "--config", SMOKE,
+                      *[arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]],
+                     env=client_env(head), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = Lines(job)
+    deadline = time.monotonic() + 600
+    while _finished_trials(root, name) < 1 and time.monotonic() < deadline:
+        assert job.poll() is None, lines.text()[-4000:]
+        time.sleep(0.5)
+    assert job.poll() is None, "the search ended before the kill:\n" + lines.text()[-4000:]
+    time.sleep(3)  # into the second trial
+    _kill_worker_node(worker)
+    time.sleep(5)
+    rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
+                          worker.address, "--num-cpus", "1", env=cluster["mlflow_env"])
+    assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
+    job.wait(timeout=900)
+    lines.thread.join(timeout=10)
+    assert job.returncode == 0, lines.text()[-6000:]
+
+    from test_tune import search_runs
+
+    parent, children = search_runs(cluster["mlflow_db"], "two-nodes-search", name)
+    trial_ids = [c.data.tags.get("trial_id") for c in children]
+    assert len(trial_ids) == samples == len(set(trial_ids)), trial_ids
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    import mlflow
+
+    client = mlflow.MlflowClient(cluster["mlflow_db"])
+    versions = [v for v in client.search_model_versions("name = 'avser'") if v.tags.get("search") == name]
     assert len(versions) == 1

@@ -62,7 +62,9 @@ class TrainConfig:
     # Read the store into Ray's object store once, before the workers start:
     # epochs then cost no Parquet reads, and no read task has to wait for a CPU
     # the training workers hold. False streams from Parquet every epoch (corpora
-    # larger than the object store, on a cluster).
+    # larger than the object store). On a cluster of several nodes the
+    # materialized blocks are copied to the driver's node, so that a node that
+    # dies takes none with it (experiments.materialize_on_driver).
     materialize: bool = True
     use_gpu: bool = False
     # auto: bf16 autocast on a GPU or on a CPU with native bf16, else fp32 | bf16 | fp32

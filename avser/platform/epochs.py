@@ -24,6 +24,7 @@ from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.metrics import classification_report
 from avser.models.config import ModelConfig
 from avser.models.factory import SPEECH, network_logits, racnn_input_config, speech_logits
+from avser.platform import storage
 from avser.platform.checkpoint import LoopState
 from avser.platform.config import TrainConfig
 from avser.platform.runs import TrackingInfo
@@ -211,4 +212,5 @@ def run_epoch(model, optimizer, train, val, ctx: LoopContext, device, state: Loo
 
 def effective_config(cfg: TrainConfig, model_cfg: ModelConfig) -> dict[str, Any]:
     """What a run trains with, flattened: the resume check compares it."""
-    return {**configlib.flatten(cfg, "train."), **configlib.flatten(model_cfg, "model.")}
+    flat = {**configlib.flatten(cfg, "train."), **configlib.flatten(model_cfg, "model.")}
+    return {key: storage.portable(value) for key, value in flat.items()}

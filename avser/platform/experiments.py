@@ -127,9 +127,25 @@ def datasets_for(store: str | Path, meta: pd.DataFrame, split: Split, cfg: Train
             # epoch depends on how blocks happen to interleave; each epoch then
             # reshuffles locally (optim.shuffle_buffer).
             subset = subset.random_shuffle(seed=cfg.seed)
-        datasets[name] = subset.materialize() if cfg.materialize else subset
+        datasets[name] = materialize_on_driver(subset) if cfg.materialize else subset
     datasets["train_eval"] = datasets["train"]
     return datasets
+
+
+def materialize_on_driver(dataset):
+    """``dataset.materialize()``, its blocks held by this (the driver's) node.
+
+    Ray Data leaves each block on the node whose task made it. When that node
+    dies its blocks are lost, and the restored training waited for ever on
+    their reconstruction (tests/test_two_nodes.py): on a cluster of several
+    nodes the blocks are put again from here, so they live as long as the
+    driver does."""
+    import ray
+
+    done = dataset.materialize()
+    if sum(1 for node in ray.nodes() if node["Alive"]) <= 1:
+        return done
+    return ray.data.from_arrow(ray.get(done.to_arrow_refs()))
 
 
 def run_name_for(cfg: TrainConfig, model_cfg: ModelConfig, split_name: str, corpus: str,

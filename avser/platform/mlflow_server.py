@@ -5,8 +5,9 @@ server. ``up`` starts ``mlflow server`` on loopback by default, with a SQLite
 backend and an artifact root (proxied by the server, so nodes need no access
 to it) in its state folder; give ``--backend-store-uri postgresql://...`` for
 many writers. Bound to any other address it runs MLflow's basic-auth app:
-the admin password is generated into a mode-600 file, handed to MLflow by
-``MLFLOW_AUTH_ADMIN_PASSWORD`` (never on a command line), and clients read
+the admin password and the app's CSRF key are generated into mode-600
+files, handed to MLflow by ``MLFLOW_AUTH_ADMIN_PASSWORD`` and
+``MLFLOW_FLASK_SERVER_SECRET_KEY`` (never on a command line), and clients read
 it through ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``. The
 server runs in a session of its own, which ``down`` stops.
 """
@@ -27,6 +28,7 @@ from avser.platform.nodes import http_status, is_loopback, pick_ports, session_p
 
 STATE_FILE = "mlflow-server.json"
 PASSWORD_FILE = "mlflow-admin-password"
+SECRET_KEY_FILE = "mlflow-flask-secret"  # the auth app's CSRF key
 AUTH_CONFIG = "basic_auth.ini"
 LOG_FILE = "mlflow-server.log"
 ADMIN = "admin"
@@ -52,8 +54,9 @@ def read_state(folder: Path) -> ServerState | None:
     return ServerState(**json.loads(path.read_text())) if path.exists() else None
 
 
-def _password(folder: Path) -> str:
-    path = folder / PASSWORD_FILE
+def _password(folder: Path, name: str = PASSWORD_FILE) -> str:
+    """A secret kept in a mode-600 file of the state folder (made on first use)."""
+    path = folder / name
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -106,7 +109,8 @@ def start_server(folder: Path, host: str = "127.0.0.1", port: int = 0,
     if auth:
         args += ["--app-name", "basic-auth"]
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(_auth_config(folder)),
-                   MLFLOW_AUTH_ADMIN_PASSWORD=_password(folder))
+                   MLFLOW_AUTH_ADMIN_PASSWORD=_password(folder),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=_password(folder, SECRET_KEY_FILE))
     print(f"starting MLflow server: {' '.join(args)}", file=out, flush=True)
     with (folder / LOG_FILE).open("w") as log:
         process = subprocess.Popen(args, cwd=folder, env=env, stdout=log, stderr=log,

@@ -19,13 +19,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from avser.errors import ConfigError
 
 STORAGE_ROOT_ENV = "AVSER_STORAGE_ROOT"
+# Where Ray unpacks a submitted job's working dir: a new folder per submission.
+WORKING_DIR_COPY = re.compile(r"/\S*?/runtime_resources/working_dir_files/_ray_pkg_[0-9a-f]+/")
 # Set by Ray's job supervisor for a submitted job's driver.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -66,6 +69,13 @@ def resolve(path: str, key: str = "storage_path") -> str:
             f"path or a URI (--set {key}=/shared/ray_results or s3://bucket/avser), or start the "
             f"cluster with `avser cluster up --storage-root DIR` (sets ${STORAGE_ROOT_ENV})")
     return str(Path(path).resolve())
+
+
+def portable(value: Any) -> Any:
+    """``value`` with any path into a submitted job's working-dir copy made
+    relative to it: the copy moves with every submission, and a resumed run
+    compares (and MLflow keeps) what its first submission recorded."""
+    return WORKING_DIR_COPY.sub("", value) if isinstance(value, str) else value
 
 
 def filesystem(where: str):

@@ -226,8 +226,10 @@ def param_values(cfg_or_dict: Any) -> dict[str, str]:
     Takes a config dataclass or a mapping, whose values may themselves be
     config dataclasses (``{"train": train_cfg, "model": model_cfg}``).
     """
+    from avser.platform.storage import portable
+
     plain = json.loads(json.dumps(cfg_or_dict, default=_json_default))
-    return {key: str(value)[:MAX_PARAM_VAL_LENGTH] for key, value in flatten(plain).items()}
+    return {key: str(portable(value))[:MAX_PARAM_VAL_LENGTH] for key, value in flatten(plain).items()}
 
 
 def log_params(run_id: str, cfg_or_dict: Any) -> dict[str, str]:
