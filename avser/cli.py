@@ -214,7 +214,9 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         nodes.stop_node(folder)
         return 0
     if args.cluster_command == "status":
-        return nodes.node_status(folder)
+        from avser.platform.node_status import node_status
+
+        return node_status(folder)
     state = nodes.read_state(folder)
     if state is None or not nodes.is_running(state):
         raise AvserError(f"no running node in {folder}: start one with `avser cluster up`")

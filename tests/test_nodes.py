@@ -11,7 +11,8 @@ import pytest
 
 from avser.errors import AvserError
 from avser.platform import nodes
-from avser.platform.nodes import NodeState, Socket
+from avser.platform.node_status import Socket, exposed
+from avser.platform.nodes import NodeState
 
 
 def test_the_temp_parent_is_made_private_and_must_be_ours(tmp_path, monkeypatch) -> None:
@@ -69,9 +70,9 @@ def test_sockets_beyond_loopback_and_the_node_address_are_exposed() -> None:
     sockets = [Socket("127.0.0.1:1", 1), Socket("10.0.0.1:2", 1), Socket("[::ffff:10.0.0.1]:3", 1),
                Socket("0.0.0.0:4", 1), Socket("192.168.1.5:5", 1)]
     alone = {"127.0.0.1", "10.0.0.1"}
-    assert nodes.exposed(sockets, "10.0.0.1", alone) == [sockets[4]]
+    assert exposed(sockets, "10.0.0.1", alone) == [sockets[4]]
     # Bound to every interface: exposed where the namespace has another address.
-    assert nodes.exposed(sockets, "10.0.0.1", alone | {"192.168.1.5"}) == sockets[3:]
+    assert exposed(sockets, "10.0.0.1", alone | {"192.168.1.5"}) == sockets[3:]
 
 
 def test_env_lines_point_ray_at_the_cluster(tmp_path) -> None:
