@@ -616,23 +616,34 @@ def _logged_epochs(uri: str, run_key: str) -> list[int]:
             return []
 
 
-@pytest.mark.slow
-def test_training_rides_out_a_short_mlflow_outage(store, tmp_path):
+@contextmanager
+def _server_down_after_first_epoch(store, tmp_path, name: str, epochs: int, final_wait_s: float):
+    """A training job logging to a real MLflow server, stopped once the job's
+    first epoch is in; yields (restart the server, the job, its log)."""
     from avser.platform import mlflow_server
 
     folder = tmp_path / "mlflow"
     folder.mkdir()
     server = mlflow_server.start_server(folder)
-    epochs, run_key = 10, "outage-short-random"
-    command, env = _outage_job(store, tmp_path, server.uri, "outage-short", epochs, final_wait_s=120)
+    command, env = _outage_job(store, tmp_path, server.uri, name, epochs, final_wait_s)
     log = tmp_path / "job.log"
     job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                            stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: len(_logged_epochs(server.uri, run_key)) >= 1, "first epoch", job, log)
+        _wait_for(lambda: len(_logged_epochs(server.uri, f"{name}-random")) >= 1, "first epoch", job, log)
         mlflow_server.stop_server(folder)
+        yield lambda: mlflow_server.start_server(folder, port=server.port), job, log
+    finally:
+        kill_session(job)
+        mlflow_server.stop_server(folder)
+
+
+@pytest.mark.slow
+def test_training_rides_out_a_short_mlflow_outage(store, tmp_path):
+    epochs, run_key = 10, "outage-short-random"
+    with _server_down_after_first_epoch(store, tmp_path, "outage-short", epochs, 120) as (restart, job, log):
         _wait_for(lambda: log.read_text().count("MLflow unreachable") >= 2, "two epochs kept", job, log)
-        mlflow_server.start_server(folder, port=server.port)
+        server = restart()
         assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
         with tracking_store(server.uri):
             run_id = tracking.find_run("avser-outage", run_key)
@@ -640,34 +651,17 @@ def test_training_rides_out_a_short_mlflow_outage(store, tmp_path):
             # Every epoch reached the server, the ones trained during the outage too.
             assert sorted(set(m.step for m in metric_history(run_id, "epoch"))) == list(range(epochs))
             assert metric_history(run_id, "test_ua")
-    finally:
-        kill_session(job)
-        mlflow_server.stop_server(folder)
 
 
 @pytest.mark.slow
 def test_a_run_killed_by_an_mlflow_outage_ends_failed(store, tmp_path):
-    from avser.platform import mlflow_server
-
-    folder = tmp_path / "mlflow"
-    folder.mkdir()
-    server = mlflow_server.start_server(folder)
     run_key = "outage-long-random"
-    command, env = _outage_job(store, tmp_path, server.uri, "outage-long", 3, final_wait_s=15)
-    log = tmp_path / "job.log"
-    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                           stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        _wait_for(lambda: len(_logged_epochs(server.uri, run_key)) >= 1, "first epoch", job, log)
-        mlflow_server.stop_server(folder)
+    with _server_down_after_first_epoch(store, tmp_path, "outage-long", 3, 15) as (restart, job, log):
         # The end of the run waits final_wait_s for the server, then the worker gives up.
         _wait_for(lambda: "stayed unreachable" in log.read_text(), "the worker giving up", job, log)
-        mlflow_server.start_server(folder, port=server.port)
+        server = restart()
         assert job.wait(timeout=300) != 0
         assert "marked FAILED" in log.read_text(), log.read_text()[-3000:]
         with tracking_store(server.uri):
             run_id = tracking.find_run("avser-outage", run_key)
             assert tracking.client().get_run(run_id).info.status == "FAILED"
-    finally:
-        kill_session(job)
-        mlflow_server.stop_server(folder)

@@ -225,7 +225,7 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
     run with one registered version. The cost goes to node_failure.json."""
     import json
 
-    head, worker, root = cluster["head"], cluster["worker"], cluster["root"]
+    head, root = cluster["head"], cluster["root"]
     uri = cluster["mlflow_db"]
     store, epochs = _smoke_store(root), 30
     job = head.popen([RAY, "job", "submit", "--working-dir", str(REPO), "--runtime-env-json",
@@ -244,18 +244,7 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
         time.sleep(0.5)
     assert job.poll() is None, "training ended before the kill:\n" + lines.text()[-4000:]
     killed_wall = time.time()
-    from two_nodes import _pids_in_namespace
-
-    for pid in _pids(worker) + _pids_in_namespace(worker.namespace):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    (worker.state_dir / "node.json").unlink()
-    time.sleep(5)
-    rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
-                          worker.address, "--num-cpus", "1", env=cluster["mlflow_env"])
-    assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
+    _kill_and_rejoin(cluster)
     job.wait(timeout=600)
     finished_wall = time.time()
     lines.thread.join(timeout=10)
@@ -285,15 +274,21 @@ def test_training_survives_the_death_of_the_worker_node(cluster):
     assert len(versions) == 1
 
 
-def _kill_worker_node(worker) -> None:
+def _kill_and_rejoin(cluster) -> None:
+    """SIGKILL every process of the worker node; 5 s later it joins again."""
     from two_nodes import _pids_in_namespace
 
+    head, worker = cluster["head"], cluster["worker"]
     for pid in _pids(worker) + _pids_in_namespace(worker.namespace):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     (worker.state_dir / "node.json").unlink()
+    time.sleep(5)
+    rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
+                          worker.address, "--num-cpus", "1", env=cluster["mlflow_env"])
+    assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
 
 
 def test_a_search_survives_the_death_of_the_worker_node(cluster):
@@ -303,7 +298,7 @@ def test_a_search_survives_the_death_of_the_worker_node(cluster):
     each, and one registered version."""
     from test_tune import SMOKE, _finished_trials
 
-    head, worker, root = cluster["head"], cluster["worker"], cluster["root"] / "search"
+    head, root = cluster["head"], cluster["root"] / "search"
     name, samples = "two-nodes-search", 3
     train = "[optim.max_epochs=4, optim.batch_size=8, max_failures=3, num_workers=2, cpus_per_worker=0.75]"
     values = {"data.root": root / "synthetic", "data.manifest": root / "manifest.parquet",
@@ -321,11 +316,7 @@ def test_a_search_survives_the_death_of_the_worker_node(cluster):
         time.sleep(0.5)
     assert job.poll() is None, "the search ended before the kill:\n" + lines.text()[-4000:]
     time.sleep(3)  # into the second trial
-    _kill_worker_node(worker)
-    time.sleep(5)
-    rejoin = worker.avser("join", "--address", head.state()["head"], "--node-address",
-                          worker.address, "--num-cpus", "1", env=cluster["mlflow_env"])
-    assert rejoin.returncode == 0, rejoin.stdout + rejoin.stderr
+    _kill_and_rejoin(cluster)
     job.wait(timeout=900)
     lines.thread.join(timeout=10)
     assert job.returncode == 0, lines.text()[-6000:]
