@@ -656,9 +656,12 @@ def test_training_rides_out_a_short_mlflow_outage(store, tmp_path):
 @pytest.mark.slow
 def test_a_run_killed_by_an_mlflow_outage_ends_failed(store, tmp_path):
     run_key = "outage-long-random"
-    with _server_down_after_first_epoch(store, tmp_path, "outage-long", 3, 15) as (restart, job, log):
-        # The end of the run waits final_wait_s for the server, then the worker gives up.
-        _wait_for(lambda: "stayed unreachable" in log.read_text(), "the worker giving up", job, log)
+    with _server_down_after_first_epoch(store, tmp_path, "outage-long", 3, 45) as (restart, job, log):
+        # The end of the run waits final_wait_s for the server, then the worker
+        # gives up, and the driver waits as long to mark the run. (The worker's
+        # own lines reach the job's log late, with its error: watch the driver's.)
+        _wait_for(lambda: "marking run outage-long-random FAILED" in log.read_text(),
+                  "the driver marking the run", job, log)
         server = restart()
         assert job.wait(timeout=300) != 0
         assert "marked FAILED" in log.read_text(), log.read_text()[-3000:]
