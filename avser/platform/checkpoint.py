@@ -122,8 +122,9 @@ def load_model_state(where: str | Path) -> dict[str, torch.Tensor]:
     from avser.platform import storage
 
     path = str(where)
-    path = storage.join(path, MODEL_FILE) if storage.is_folder(path) else path
-    if not storage.exists(path) or storage.is_folder(path):
+    if storage.is_folder(path):
+        path = storage.join(path, MODEL_FILE)
+    if not storage.is_file(path):
         raise ConfigError(f"no {MODEL_FILE} at {path}; give the checkpoint folder of a "
                           "training run (printed at its end)")
     return torch.load(storage.read_bytes(path), map_location="cpu", weights_only=True)
@@ -150,7 +151,9 @@ def check_resume_of_run(storage_path: str, run_name: str, current: Mapping[str, 
     newest checkpoint Ray Train keeps under ``storage_path/run_name``
     (``checkpoint_<timestamp>`` folders). Remote storage is checked by the
     worker on restore instead."""
-    if "://" in storage_path:
+    from avser.platform.storage import is_uri
+
+    if is_uri(storage_path):
         return
     folders = sorted(Path(storage_path, run_name).glob(RAY_CHECKPOINT_GLOB))
     for folder in reversed(folders):  # the newest complete one

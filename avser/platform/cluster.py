@@ -29,14 +29,19 @@ def init_ray(num_cpus: int | None = None, quiet: bool = True) -> None:
     print_ray_log_folder()
 
 
-def _check_tracking_store() -> None:
-    """Refuse a file or SQLite MLflow store on a cluster of several nodes."""
+def alive_nodes() -> int:
+    """How many nodes the connected Ray cluster has alive."""
     import ray
 
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def _check_tracking_store() -> None:
+    """Refuse a file or SQLite MLflow store on a cluster of several nodes."""
     from avser.platform.mlflow_server import check_cluster_uri
     from avser.platform.tracking import tracking_uri
 
-    check_cluster_uri(tracking_uri(), sum(1 for node in ray.nodes() if node["Alive"]))
+    check_cluster_uri(tracking_uri(), alive_nodes())
 
 
 def _init_local(num_cpus: int | None, quiet: bool) -> None:

@@ -142,8 +142,10 @@ def materialize_on_driver(dataset):
     driver does."""
     import ray
 
+    from avser.platform.cluster import alive_nodes
+
     done = dataset.materialize()
-    if sum(1 for node in ray.nodes() if node["Alive"]) <= 1:
+    if alive_nodes() <= 1:
         return done
     return ray.data.from_arrow(ray.get(done.to_arrow_refs()))
 

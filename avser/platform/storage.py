@@ -115,18 +115,27 @@ def local_folder(where: str) -> Iterator[Path]:
         yield Path(folder)
 
 
+def _file_type(where: str):
+    fs, path = filesystem(where)
+    return fs.get_file_info(path).type
+
+
 def exists(where: str) -> bool:
     import pyarrow.fs
 
-    fs, path = filesystem(where)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return _file_type(where) != pyarrow.fs.FileType.NotFound
 
 
 def is_folder(where: str) -> bool:
     import pyarrow.fs
 
-    fs, path = filesystem(where)
-    return fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+    return _file_type(where) == pyarrow.fs.FileType.Directory
+
+
+def is_file(where: str) -> bool:
+    import pyarrow.fs
+
+    return _file_type(where) == pyarrow.fs.FileType.File
 
 
 def read_bytes(where: str) -> io.BytesIO:
