@@ -115,10 +115,13 @@ def run_ray(ctx, frame: pd.DataFrame, args: argparse.Namespace) -> tuple[list[fl
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from avser.platform.rendezvous import NodeBoundTorchConfig
+
     dataset = ray.data.from_pandas(frame).materialize()
     trainer = TorchTrainer(
         ray_worker_loop,
         train_loop_config={"ctx": ctx, "epochs": args.epochs, "threads": args.threads},
+        torch_config=NodeBoundTorchConfig(),
         scaling_config=ScalingConfig(num_workers=1, use_gpu=args.device == "cuda"),
         run_config=RunConfig(name="bench-train", storage_path=tempfile.mkdtemp(prefix="avser-bench-train-")),
         datasets={"train": dataset},

@@ -7,7 +7,8 @@ All `slow` (`make test-slow`), about 15 minutes:
 - Without the token the job server refuses a request and a submission.
 - A fusion training with 2 DDP workers (gloo), one on each node, trains
   to its end, and while it runs nothing in either namespace listens beyond
-  loopback and that namespace's address.
+  loopback and that namespace's address; the DDP rendezvous listens on rank
+  0's node address only (not on the wildcard, as Ray's gRPC servers do).
 - The worker node killed mid-training and rejoined: the run resumes from its
   last checkpoint into the same MLflow run and registers one version.
 - The same for a search of three two-worker trials: it ends with exactly
@@ -22,6 +23,7 @@ namespaces' addresses.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +165,12 @@ def test_ddp_training_spans_both_nodes_and_listens_only_on_their_addresses(clust
     for node in (head, worker):
         bad = [a for a in seen[node.namespace] if not _allowed(a, node.address)]
         assert not bad, f"{node.namespace} listened beyond loopback and {node.address}: {bad}"
+    # Ray's own gRPC servers listen on the wildcard (upstream); the DDP rendezvous must not.
+    rendezvous = re.search(r"DDP rendezvous listening on (\S+):(\d+)", output)
+    assert rendezvous, output[-4000:]
+    address, port = rendezvous.groups()
+    rank0 = next(node for node in (head, worker) if node.address == address)
+    assert [a for a in seen[rank0.namespace] if a.endswith(f":{port}")] == [f"{address}:{port}"]
 
     import mlflow
 

@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from avser.platform import storage
 from avser.platform.config import TrainConfig
+from avser.platform.rendezvous import NodeBoundTorchConfig
 from avser.platform.train import train_loop_per_worker
 
 CHECKPOINTS_KEPT = 2
@@ -35,6 +36,7 @@ def trainer_for(loop_config: dict[str, Any], datasets: dict[str, Any], cfg: Trai
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        torch_config=NodeBoundTorchConfig(),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker},
