@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from avser import config
+from avser.platform import tracking
 from avser.platform.cluster import init_ray
 from avser.platform.dataprep import prepare_store
 from avser.platform.jobs import job_main
@@ -26,6 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def results_command(tracking_uri: str) -> str:
+    """Where a user looks at the search: the server itself, or `mlflow ui` on the store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
 @job_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -35,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_search(cfg, store)
     print(result.trials.drop(columns=["checkpoint_path"]).to_string(index=False))
     print(result.summary())
-    print("open the results: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db")
+    print(f"open the results: {results_command(tracking.tracking_uri())}")
     return 0
 
 
