@@ -46,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ship", action="store_true",
                         help="no test split: train on every speaker but the validation ones "
                              "(carved as the protocol carves them); for the shipped model")
+    parser.add_argument("--speaker-norm", action="store_true",
+                        help="normalise each speaker's log-mels by that speaker's statistics "
+                             "(avser.features.speaker_norm; uses test speakers' clips, not labels)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="out/recipe")
     return parser.parse_args()
@@ -62,7 +65,7 @@ def build(args: argparse.Namespace):
     return cfg, model_cfg
 
 
-def split_frames(store: str, cfg, ship: bool = False, exclude: str = ""):
+def split_frames(store: str, cfg, ship: bool = False, exclude: str = "", speaker_norm: bool = False):
     import numpy as np
 
     from avser.data.splits import make_splits, validation_split
@@ -73,6 +76,10 @@ def split_frames(store: str, cfg, ship: bool = False, exclude: str = ""):
     frame = read_ok_rows(store, [*SPEECH_COLUMNS, "speaker", "label_name"])
     if exclude:
         frame = frame[~frame["speaker"].astype(str).isin(exclude.split(","))].reset_index(drop=True)
+    if speaker_norm:
+        from avser.features.speaker_norm import normalise_by_speaker
+
+        frame = normalise_by_speaker(frame)
     if ship:
         split = cfg.split
         train, val = validation_split(np.arange(len(frame)), frame["speaker"].astype(str),
@@ -97,7 +104,8 @@ def main() -> None:
     from avser.platform.runs import TrackingInfo
 
     cfg, model_cfg = build(args)
-    parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers)
+    parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers,
+                                 args.speaker_norm)
     model_cfg.racnn.n_classes = len(labels)
     ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
                       tracking=TrackingInfo(experiment="none", uri="none", register=False))
