@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/avser predict $(HELDOUT)/spk01_happy_00001.mp4 --model avser@candidate
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow"
