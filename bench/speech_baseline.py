@@ -35,6 +35,7 @@ from avser import config as configlib
 from avser.data.splits import make_splits
 from avser.data.manifest import read_manifest
 from avser.features.audio import load_audio
+from avser.features.speaker_norm import speaker_statistics
 from avser.metrics import classification_report
 from avser.platform.config import TrainConfig
 
@@ -64,10 +65,13 @@ def clip_statistics(audio_path: str) -> np.ndarray:
 
 
 def standardised_per_speaker(features: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Each speaker's rows by that speaker's mean and std (as ``--speaker-norm``
+    does to log-mels, with clips in place of frames)."""
     out = np.empty_like(features)
     for speaker in np.unique(speakers):
         rows = speakers == speaker
-        out[rows] = (features[rows] - features[rows].mean(0)) / (features[rows].std(0) + 1e-8)
+        mean, std = speaker_statistics([features[rows].T])
+        out[rows] = ((features[rows].T - mean) / std).T
     return out
 
 

@@ -119,12 +119,16 @@ def _load(path: Path, required: bool = True):
 def load_model_state(where: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a checkpoint folder (or of a ``model.pt`` given
     directly), on this machine or on the run's storage (a URI)."""
+    from pyarrow.fs import FileType
+
     from avser.platform import storage
 
     path = str(where)
-    if storage.is_folder(path):
+    kind = storage.file_type(path)
+    if kind == FileType.Directory:
         path = storage.join(path, MODEL_FILE)
-    if not storage.is_file(path):
+        kind = storage.file_type(path)
+    if kind != FileType.File:
         raise ConfigError(f"no {MODEL_FILE} at {path}; give the checkpoint folder of a "
                           "training run (printed at its end)")
     return torch.load(storage.read_bytes(path), map_location="cpu", weights_only=True)

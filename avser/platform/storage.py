@@ -115,7 +115,8 @@ def local_folder(where: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def _file_type(where: str):
+def file_type(where: str):
+    """What is at ``where``: a ``pyarrow.fs.FileType`` (one request on remote storage)."""
     fs, path = filesystem(where)
     return fs.get_file_info(path).type
 
@@ -123,19 +124,13 @@ def _file_type(where: str):
 def exists(where: str) -> bool:
     import pyarrow.fs
 
-    return _file_type(where) != pyarrow.fs.FileType.NotFound
+    return file_type(where) != pyarrow.fs.FileType.NotFound
 
 
 def is_folder(where: str) -> bool:
     import pyarrow.fs
 
-    return _file_type(where) == pyarrow.fs.FileType.Directory
-
-
-def is_file(where: str) -> bool:
-    import pyarrow.fs
-
-    return _file_type(where) == pyarrow.fs.FileType.File
+    return file_type(where) == pyarrow.fs.FileType.Directory
 
 
 def read_bytes(where: str) -> io.BytesIO:
