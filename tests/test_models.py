@@ -18,7 +18,13 @@ from avser.models.attention import CBAM3d
 from avser.models.compat import import_timm
 from avser.models.config import VARIANTS, FusionConfig, ModelConfig, RACNNConfig
 from avser.models.fusion import AudioVisualSER
-from avser.models.racnn import RACNN, SpeechEmotionNet, racnn_layer_shapes, racnn_token_shape
+from avser.models.racnn import (
+    AVG_POOL,
+    RACNN,
+    SpeechEmotionNet,
+    racnn_layer_shapes,
+    racnn_token_shape,
+)
 from avser.models.summary import format_summary, summarize
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -122,6 +128,27 @@ def test_speech_emotion_net_logits(tiny_cfg):
     net = SpeechEmotionNet.from_config(tiny_cfg)
     speech = make_batch(tiny_cfg, 3)[0]
     assert net(speech).shape == (3, tiny_cfg.racnn.n_classes)
+
+
+def test_band_statistics_head_pools_time_and_keeps_bands(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg.racnn, head="bands", dropout=0.0)
+    net = SpeechEmotionNet.from_config(cfg).eval()
+    depth, bands, width, channels = racnn_layer_shapes(cfg)[AVG_POOL.name]
+    assert net.speech_head.fc.in_features == 2 * bands * channels
+    grid = torch.randn(2, channels, depth, bands, width)
+    tokens = grid.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        logits = net.speech_head(tokens)
+        # Permuting time positions within a band changes nothing; swapping bands does.
+        time_perm = grid.flip(2).roll(1, dims=4)
+        band_swap = grid.flip(3)
+        same = net.speech_head(time_perm.flatten(2).transpose(1, 2))
+        other = net.speech_head(band_swap.flatten(2).transpose(1, 2))
+    assert logits.shape == (2, cfg.n_classes)
+    assert torch.allclose(logits, same, atol=1e-5)
+    assert not torch.allclose(logits, other, atol=1e-3)
+    speech = make_batch(tiny_cfg, 3)[0]
+    assert net(speech).shape == (3, cfg.n_classes)
 
 
 # --- configs -----------------------------------------------------------------

@@ -20,8 +20,10 @@ VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full", "vision")
 # Conv1 of the RACNN: Table I's 3x2x2 patches, or overlapping 3x5x5 kernels
 # (padding 2, the same stride and output size) that see across patch edges.
 CONV1_KINDS = ("table1", "overlap5")
-# The pretraining speech head: mean over the 147 tokens, or a Bi-GRU over them.
-SPEECH_HEADS = ("mean", "bigru")
+# The pretraining speech head: mean over the 147 tokens, a Bi-GRU over them, or
+# "bands": mean and std over time of each frequency band's tokens (a head that
+# knows where in frequency a pattern lies; the mean over all tokens does not).
+SPEECH_HEADS = ("mean", "bigru", "bands")
 
 
 @dataclass

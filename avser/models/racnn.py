@@ -237,7 +237,34 @@ class BiGRUSpeechHead(nn.Module):
         return self.fc(self.drop(states.mean(dim=1)))
 
 
+class BandStatisticsHead(nn.Module):
+    """Statistics pooling per frequency band: the mean and std over the time
+    positions (depth and width) of each of the H' bands, concatenated, FC.
+
+    The RACNN's convolutions are shift-equivariant with valid padding, so a
+    token does not know its band; a mean over all tokens then discards where
+    in frequency energy lies, which per-mel-bin statistics show to carry
+    emotion (an SVM on them: ``bench/speech_baseline.py``).
+    """
+
+    def __init__(self, grid: Triple, channels: int, n_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.grid = grid
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * grid[1] * channels, n_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        depth, bands, width = self.grid
+        # (B, D'*H'*W', C) in (depth, height, width) order -> (B, H', D'*W', C)
+        grid = tokens.unflatten(1, (depth, bands, width)).transpose(1, 2).flatten(2, 3)
+        std, mean = torch.std_mean(grid, dim=2, correction=0)
+        return self.fc(self.drop(torch.cat([mean, std], dim=-1).flatten(1)))
+
+
 def speech_head(cfg: RACNNConfig) -> nn.Module:
+    if cfg.head == "bands":
+        *grid, channels = racnn_layer_shapes(cfg)[AVG_POOL.name]
+        return BandStatisticsHead(tuple(grid), channels, cfg.n_classes, cfg.dropout)
     if cfg.head == "bigru":
         return BiGRUSpeechHead(cfg.widths[-1], cfg.n_classes, cfg.head_hidden, cfg.dropout)
     return SpeechHead(cfg.widths[-1], cfg.n_classes, cfg.dropout)
