@@ -35,7 +35,7 @@ from avser import config as configlib
 from avser.data.splits import make_splits
 from avser.data.manifest import read_manifest
 from avser.features.audio import load_audio
-from avser.features.speaker_norm import speaker_statistics
+from avser.features.speaker_norm import standardise_rows_by_speaker
 from avser.metrics import classification_report
 from avser.platform.config import TrainConfig
 
@@ -64,17 +64,6 @@ def clip_statistics(audio_path: str) -> np.ndarray:
     return np.concatenate([mfcc.mean(1), mfcc.std(1), delta.std(1), logmel.mean(1), logmel.std(1)])
 
 
-def standardised_per_speaker(features: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """Each speaker's rows by that speaker's mean and std (as ``--speaker-norm``
-    does to log-mels, with clips in place of frames)."""
-    out = np.empty_like(features)
-    for speaker in np.unique(speakers):
-        rows = speakers == speaker
-        mean, std = speaker_statistics([features[rows].T])
-        out[rows] = ((features[rows].T - mean) / std).T
-    return out
-
-
 def test_report(features, labels, split, label_names) -> dict:
     clf = make_pipeline(StandardScaler(), SVC(C=SVM_C, kernel="rbf"))
     # Validation clips are training data to a model that selects nothing.
@@ -95,7 +84,7 @@ def main() -> None:
     print("| split | features | test WA | test UA |")
     print("| --- | --- | ---: | ---: |")
     variants = {"per clip": features,
-                "standardised per speaker": standardised_per_speaker(features, frame["speaker"].to_numpy())}
+                "standardised per speaker": standardise_rows_by_speaker(features, frame["speaker"].to_numpy())}
     headline = {
         "random (seed 0)": dataclasses.replace(base, protocol="random", seed=0),
         "speaker (Actor_13-16 held out)": dataclasses.replace(base, protocol="speaker",

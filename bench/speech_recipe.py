@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--name", required=True, help="run folder under --out; reused to resume")
     parser.add_argument("--store", default="out/store-ravdess")
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
                              "(avser.features.speaker_norm; uses test speakers' clips, not labels)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="out/recipe")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def build(args: argparse.Namespace):
@@ -91,6 +91,20 @@ def split_frames(store: str, cfg, ship: bool = False, exclude: str = "", speaker
     return parts, label_names_of(frame)
 
 
+def prepare(args: argparse.Namespace):
+    """(train config, model config, {train, val, test} store rows, loop context) of a run."""
+    from avser.platform.epochs import LoopContext
+    from avser.platform.runs import TrackingInfo
+
+    cfg, model_cfg = build(args)
+    parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers,
+                                 args.speaker_norm)
+    model_cfg.racnn.n_classes = len(labels)
+    ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
+                      tracking=TrackingInfo(experiment="none", uri="none", register=False))
+    return cfg, model_cfg, parts, ctx
+
+
 def main() -> None:
     args = parse_args()
     os.chdir(REPO)
@@ -100,15 +114,9 @@ def main() -> None:
     from avser.batches import FrameBatches
     from avser.models.factory import SPEECH, build_network
     from avser.platform.checkpoint import LoopState
-    from avser.platform.epochs import LoopContext, run_epoch
-    from avser.platform.runs import TrackingInfo
+    from avser.platform.epochs import run_epoch
 
-    cfg, model_cfg = build(args)
-    parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers,
-                                 args.speaker_norm)
-    model_cfg.racnn.n_classes = len(labels)
-    ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
-                      tracking=TrackingInfo(experiment="none", uri="none", register=False))
+    cfg, model_cfg, parts, ctx = prepare(args)
     out = Path(args.out, args.name)
     if (out / "result.json").exists():
         print(f"[{args.name}] finished: {(out / 'result.json').read_text()}")

@@ -39,3 +39,15 @@ def normalise_by_speaker(frame: pd.DataFrame) -> pd.DataFrame:
         out.loc[rows.index, "logmel"] = [((m - mean) / std).astype(STORED_DTYPE).tobytes()
                                          for m in logmels]
     return out
+
+
+def standardise_rows_by_speaker(features: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """``(n_clips, n_features)`` with each speaker's rows standardised by that
+    speaker's mean and std (clip-level features: the counterpart, with clips in
+    place of frames, of what ``normalise_by_speaker`` does to log-mels)."""
+    out = np.empty_like(features, dtype=np.float64)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        mean, std = speaker_statistics([features[rows].T])
+        out[rows] = ((features[rows].T - mean) / std).T
+    return out
