@@ -4,8 +4,9 @@
    loopback only, token auth): the job succeeds, MLflow holds a parent run with
    one child per trial, the best model is registered as `avser@candidate`, and
    the KLDA stage is at least as good as the network head on validation.
-2. Trials of two DDP workers report through Ray Train; the search's own RACNN
-   pretraining (`pretrain: true`) is what the trials start from.
+2. (slow: 90 s on 2 cores) Trials of two DDP workers report through Ray Train;
+   the search's own RACNN pretraining (`pretrain: true`) is what the trials
+   start from.
 3. (slow) The tune driver killed mid-search and started again finishes the
    search with exactly the configured trials and no duplicate child runs; run
    once more, the finished search registers nothing new.
@@ -126,6 +127,7 @@ def test_submitted_search_registers_the_best_model(cluster):
     assert train_runs_of(cluster["root"], name) == []
 
 
+@pytest.mark.slow
 def test_two_worker_trials_report_to_tune_through_ray_train(tmp_path):
     """Also the search's own RACNN pretraining (Table III): the trial starts from it."""
     name = "tune-ddp"
