@@ -3,7 +3,8 @@
 1. Submitted with `ray job submit` to a real local cluster (platform/local-cluster,
    loopback only, token auth): the job succeeds, MLflow holds a parent run with
    one child per trial, the best model is registered as `avser@candidate`, and
-   the KLDA stage is at least as good as the network head on validation.
+   the KLDA stage, from scratch on this corpus, is at least as good as the
+   network head on validation.
 2. (slow: 90 s on 2 cores) Trials of two DDP workers report through Ray Train;
    the search's own RACNN pretraining (`pretrain: true`) is what the trials
    start from.
@@ -108,7 +109,9 @@ def test_submitted_search_registers_the_best_model(cluster):
     assert len(children) == 2 and {c.info.status for c in children} <= {"FINISHED", "KILLED"}
     assert parent.info.status == "FINISHED"
     metrics = parent.data.metrics
-    # Stage 2 searches gamma on validation features: it may only improve on the network head.
+    # Stage 2 fits KLDA heads on the trials' cached features and scores them on validation.
+    # Nothing makes it beat the network head in general (with `pretrain: true` on this
+    # corpus it scored 0.0 against 0.33 on its few validation clips); here, from scratch, it does.
     assert metrics["best_klda_val_ua"] >= metrics["best_network_val_ua"]
     client = mlflow_client(cluster["uri"])
     best = json.loads(Path(client.download_artifacts(parent.info.run_id, "best_config.json")).read_text())
