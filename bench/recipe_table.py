@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/recipe_table.py out/recipe/p112-paper out/recipe/p112-mid-overlap5 ...
 
-One row per run folder: protocol, input size, Conv1, the recipe's switches,
+One row per run folder: protocol, input size, Conv1, speech head, the recipe's switches,
 epochs (best epoch), validation UA at the best epoch, test UA (scored once,
 selecting nothing), median seconds per epoch and the whole wall time.
 """
@@ -40,15 +40,15 @@ def row(folder: Path) -> str:
     seconds = [h["epoch_seconds"] for h in history]
     test = f"{100 * result['test_ua']:.1f}" if "test_ua" in result else "-"
     return (f"| `{folder.name}` | `{train['split']['protocol']}` | {model['input_size']} | "
-            f"{model['conv1']} | {recipe_of(train)} | {result['epochs']} ({result['best_epoch']}) | "
+            f"{model['conv1']} | {model.get('head', 'mean')} | {recipe_of(train)} | {result['epochs']} ({result['best_epoch']}) | "
             f"{100 * result['val_ua']:.1f} | {test} | {statistics.median(seconds):.1f} | "
             f"{sum(seconds) / 60:.0f} min |")
 
 
 def main() -> None:
-    print("| run | protocol | input | Conv1 | recipe | epochs (best) | val UA | test UA | "
+    print("| run | protocol | input | Conv1 | head | recipe | epochs (best) | val UA | test UA | "
           "s/epoch | wall |")
-    print("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for folder in map(Path, sys.argv[1:]):
         if (folder / "result.json").is_file():
             print(row(folder))
