@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,17 @@ def test_paths_into_a_jobs_working_dir_copy_are_made_relative_to_it():
     assert storage.portable(copy + "configs/model/tiny.yaml") == "configs/model/tiny.yaml"
     assert storage.portable("/data/configs/model/tiny.yaml") == "/data/configs/model/tiny.yaml"
     assert storage.portable(3) == 3
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"], ids=["path", "file-uri"])
+def test_one_file_of_a_checkpoint_is_read_without_the_folder(tmp_path, scheme):
+    folder = tmp_path / "checkpoint_000002"
+    folder.mkdir()
+    features = {"train": {"hybrid": np.eye(3, dtype=np.float32), "labels": np.arange(3)}}
+    checkpoint.save_hybrid_features(features, folder)
+    where = f"{scheme}{folder}"
+    loaded = checkpoint.load_hybrid_features(where)
+    np.testing.assert_array_equal(loaded["train_hybrid"], features["train"]["hybrid"])
+    np.testing.assert_array_equal(loaded["train_labels"], features["train"]["labels"])
+    copy = storage.download_file(storage.join(where, checkpoint.HYBRID_FILE), tmp_path / "copy.npz")
+    assert copy.read_bytes() == (folder / checkpoint.HYBRID_FILE).read_bytes()

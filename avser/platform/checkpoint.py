@@ -181,6 +181,9 @@ def save_hybrid_features(splits: Mapping[str, Mapping[str, np.ndarray]], folder:
     np.savez_compressed(os.path.join(folder, HYBRID_FILE), **arrays)
 
 
-def load_hybrid_features(folder: str | Path) -> dict[str, np.ndarray]:
-    with np.load(Path(folder) / HYBRID_FILE) as data:
+def load_hybrid_features(checkpoint: str | Path) -> dict[str, np.ndarray]:
+    """The cached hybrid features of a checkpoint (a local folder or a URI), one file read."""
+    from avser.platform import storage
+
+    with np.load(storage.read_bytes(storage.join(str(checkpoint), HYBRID_FILE))) as data:
         return {key: data[key] for key in data.files}

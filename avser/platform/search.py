@@ -98,8 +98,7 @@ def _klda_stage(tcfg: TuneConfig, base: TrainConfig, trials: pd.DataFrame, label
         raise RuntimeError("no trial finished; see the trial table and the Ray logs")
     best = None
     for _, trial in finished.head(tcfg.klda_search.top_trials).iterrows():
-        with storage.local_folder(trial[CHECKPOINT_KEY]) as folder:
-            features = checkpoint.load_hybrid_features(folder)
+        features = checkpoint.load_hybrid_features(trial[CHECKPOINT_KEY])
         study, per_trial = search_klda(features, base.klda, tcfg.klda_search, tcfg.seed, labels)
         if best is None or study.best_value > best[1].best_value:
             best = (trial, study, per_trial, features)
@@ -124,8 +123,10 @@ def _register_best(tcfg, base, trial, params, klda_cfg, head, labels, parent_id,
     card = version_card(f"{tcfg.register_as}: best of search {tcfg.name}", tags, base.split, labels,
                         metrics, made_by=f"search `{tcfg.name}`: trial {trial['trial_id']} "
                         f"({params}), KLDA gamma {klda_cfg.gamma:.3g}, reg {klda_cfg.reg:.3g}")
-    with tempfile.TemporaryDirectory() as tmp, storage.local_folder(trial[CHECKPOINT_KEY]) as folder:
-        bundle = folder / checkpoint.BUNDLE_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        # The bundle alone: the KLDA stage has read the features, the rest is not needed.
+        bundle = storage.download_file(storage.join(trial[CHECKPOINT_KEY], checkpoint.BUNDLE_FILE),
+                                       Path(tmp, checkpoint.BUNDLE_FILE))
         head_path = Path(tmp, checkpoint.KLDA_HEAD_FILE)
         save_head(head, head_path)
         return registry.register_version(parent_id, tcfg.register_as, bundle, tags,

@@ -3,8 +3,9 @@ opens (``file://``, ``s3://``, ``gs://``, ``hdfs://``, ``abfs://``).
 
 Every checkpoint is read through :func:`local_folder` (Ray's
 ``Checkpoint.as_directory``: the folder itself when it is local, a
-temporary download otherwise), never by wrapping its path in a local
-``Path``: on object storage Ray's ``checkpoint.path`` has lost its scheme
+temporary download otherwise), or one file of it at a time with
+:func:`read_bytes` / :func:`download_file` when that is all a step needs,
+never by wrapping its path in a local ``Path``: on object storage Ray's ``checkpoint.path`` has lost its scheme
 and names nothing on this machine.
 
 Relative paths: under ``ray job submit`` the driver runs in a per-session
@@ -137,6 +138,12 @@ def read_bytes(where: str) -> io.BytesIO:
     fs, path = filesystem(where)
     with fs.open_input_stream(path) as stream:
         return io.BytesIO(stream.read())
+
+
+def download_file(where: str, local: str | Path) -> Path:
+    """Copy one file at ``where`` (a local path or a URI) to ``local``."""
+    Path(local).write_bytes(read_bytes(where).getbuffer())
+    return Path(local)
 
 
 def upload_file(local: str | Path, where: str) -> None:
