@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from avser.errors import AvserError, ConfigError
+from avser.platform import storage
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -121,8 +122,6 @@ def load_model_state(where: str | Path) -> dict[str, torch.Tensor]:
     directly), on this machine or on the run's storage (a URI)."""
     from pyarrow.fs import FileType
 
-    from avser.platform import storage
-
     path = str(where)
     kind = storage.file_type(path)
     if kind == FileType.Directory:
@@ -183,7 +182,5 @@ def save_hybrid_features(splits: Mapping[str, Mapping[str, np.ndarray]], folder:
 
 def load_hybrid_features(checkpoint: str | Path) -> dict[str, np.ndarray]:
     """The cached hybrid features of a checkpoint (a local folder or a URI), one file read."""
-    from avser.platform import storage
-
     with np.load(storage.read_bytes(storage.join(str(checkpoint), HYBRID_FILE))) as data:
         return {key: data[key] for key in data.files}

@@ -3,10 +3,10 @@ opens (``file://``, ``s3://``, ``gs://``, ``hdfs://``, ``abfs://``).
 
 Every checkpoint is read through :func:`local_folder` (Ray's
 ``Checkpoint.as_directory``: the folder itself when it is local, a
-temporary download otherwise), or one file of it at a time with
-:func:`read_bytes` / :func:`download_file` when that is all a step needs,
-never by wrapping its path in a local ``Path``: on object storage Ray's ``checkpoint.path`` has lost its scheme
-and names nothing on this machine.
+temporary download otherwise), or one file at a time with
+:func:`read_bytes` / :func:`download_file` when a step needs only that,
+never by wrapping its path in a local ``Path``: on object storage Ray's
+``checkpoint.path`` has lost its scheme and names nothing on this machine.
 
 Relative paths: under ``ray job submit`` the driver runs in a per-session
 copy of the working dir, so a relative path would move with every
