@@ -28,14 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import speech_recipe  # noqa: E402  (the run's own split and loop context)
+from speech_baseline import svm  # noqa: E402  (the SVM reference's classifier)
 
 from avser.batches import FrameBatches  # noqa: E402
 from avser.bundle import load_bundle  # noqa: E402
@@ -43,7 +41,6 @@ from avser.features.speaker_norm import standardise_rows_by_speaker  # noqa: E40
 from avser.metrics import classification_report  # noqa: E402
 from avser.platform.epochs import predict  # noqa: E402
 
-SVM_C = 10.0
 PARTS = ("train", "val", "test")
 
 
@@ -74,7 +71,7 @@ def readouts(run: Path) -> dict[str, dict[str, float]]:
     """{readout: {val_ua, test_ua}} of one run folder."""
     argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
     args = speech_recipe.parse_args(argv)
-    _, model_cfg, parts, ctx = speech_recipe.prepare(args)
+    _, _, parts, ctx = speech_recipe.prepare(args)
     model = load_bundle(run / "model.avser.pt").network()
     data = {name: embeddings(model, parts[name], ctx) for name in PARTS}
     speakers = {name: parts[name]["speaker"].astype(str).to_numpy() for name in PARTS}
@@ -83,8 +80,7 @@ def readouts(run: Path) -> dict[str, dict[str, float]]:
     for readout, transform in (("svm", lambda x, _s: x),
                                ("svm, per speaker", standardise_rows_by_speaker)):
         features = {n: transform(data[n][0], speakers[n]) for n in PARTS}
-        clf = make_pipeline(StandardScaler(), SVC(C=SVM_C, kernel="rbf"))
-        clf.fit(features["train"], data["train"][1])
+        clf = svm().fit(features["train"], data["train"][1])
         table[readout] = {f"{n}_ua": ua(data[n][1], clf.predict(features[n]), names)
                           for n in ("val", "test")}
     return table
