@@ -2,7 +2,8 @@
 
 One ``torch.save`` file holds the state dict, the model config, the audio
 feature config and RACNN input settings the network was trained with, the
-label names and a model card; no pickled classes. :func:`load_bundle`
+label names, a model card and, when fitted, the speaker-adaptive readout
+(:mod:`avser.speaker_adapt`); no pickled classes. :func:`load_bundle`
 reads it with ``weights_only=True``, so loading runs no code. The shipped
 speech model (``avser/pretrained``) is such a file; a training run writes
 one into its final checkpoint and registers it with its model version.
@@ -40,6 +41,8 @@ class ModelBundle:
     label_names: list[str]
     state_dict: dict[str, torch.Tensor]
     card: dict[str, Any]
+    # The speaker-adaptive readout of a speech network (avser.speaker_adapt), if fitted.
+    speaker_readout: dict[str, torch.Tensor] | None = None
 
     @property
     def audio_cfg(self) -> AudioConfig:
@@ -67,6 +70,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "label_names": list(bundle.label_names),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
         "card": bundle.card,
+        **({"speaker_readout": bundle.speaker_readout} if bundle.speaker_readout else {}),
     }, path)
     return path
 
@@ -96,6 +100,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         label_names=list(raw["label_names"]),
         state_dict=raw["state_dict"],
         card=dict(raw.get("card") or {}),
+        speaker_readout=raw.get("speaker_readout"),
     )
 
 

@@ -154,7 +154,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from avser.predict import predict_files, resolve_bundle
 
     bundle = resolve_bundle(args.weights, args.model)
-    results = predict_files(args.clips, bundle)
+    results = predict_files(args.clips, bundle, one_speaker=args.one_speaker)
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=1))
         return 0
@@ -176,9 +176,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not (args.weights or args.model):
         raise AvserError("avser evaluate needs --weights FILE or --model NAME@ALIAS")
     bundle = resolve_bundle(args.weights, args.model)
-    report = evaluate_manifest(bundle, args.manifest, args.out)
-    print(f"{report['n']} clips of {args.manifest}: WA {report['wa']:.2%}, UA {report['ua']:.2%}, "
-          f"macro-F1 {report['macro_f1']:.2%}")
+    report = evaluate_manifest(bundle, args.manifest, args.out, args.speaker_adaptive)
+    print(f"{report['n']} clips of {args.manifest} ({report['protocol']}): WA {report['wa']:.2%}, "
+          f"UA {report['ua']:.2%}, macro-F1 {report['macro_f1']:.2%}")
     print("| class | recall | clips |\n| --- | ---: | ---: |")
     for name, recall in report["per_class_recall"].items():
         shown = "-" if recall is None else f"{recall:.2%}"
@@ -384,12 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("clips", nargs="+", help="wav/flac/mp3/mp4/avi/mov files")
     _add_model_source(predict)
     predict.add_argument("--json", action="store_true", help="JSON instead of a table")
+    predict.add_argument("--one-speaker", action="store_true",
+                         help="the files are all one speaker's (8 or more): score them together "
+                              "through the model's speaker-adaptive readout")
     predict.set_defaults(func=_cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="score a model on every clip of a manifest")
     _add_model_source(evaluate)
     evaluate.add_argument("--manifest", required=True, help="a manifest (avser manifest ...)")
     evaluate.add_argument("--out", default=None, help="folder for confusion.png and predictions.csv")
+    evaluate.add_argument("--speaker-adaptive", action="store_true",
+                          help="standardise each speaker's clips together (the manifest's speaker "
+                               "column) through the model's speaker-adaptive readout; reported as "
+                               "its own protocol")
     evaluate.set_defaults(func=_cmd_evaluate)
     _add_cluster(sub)
     _add_mlflow(sub)

@@ -8,6 +8,8 @@ with the bundle's feature config (the log-mel of the audio or a video's
 sound track; for an audio-visual model and a video, also the keyframe faces
 and landmarks, as the training store computed them), the RACNN input, the
 network, softmax. A video without a face falls back to speech alone.
+A speech model exported with a speaker-adaptive readout can also score
+several clips of one speaker together (:mod:`avser.speaker_adapt`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from avser.features.audio import load_logmel
 from avser.features.clip import ClipFeatures, extract_clip
 from avser.features.landmarks import make_landmark_backend
 from avser.models.factory import SPEECH
+from avser.speaker_adapt import PROTOCOL, speaker_readout_logits
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 # Clips per forward pass in ``evaluate``.
@@ -128,29 +132,68 @@ def _visual_tensors(inputs: Sequence[FileInputs], bundle: ModelBundle):
 
 
 @torch.no_grad()
-def probabilities(net: torch.nn.Module, inputs: Sequence[FileInputs], bundle: ModelBundle) -> np.ndarray:
-    """(N, C) softmax probabilities of a batch of files' inputs."""
+def network_outputs(net: torch.nn.Module, inputs: Sequence[FileInputs],
+                    bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, C) logits of a batch of files' inputs and, for a speech network,
+    the (N, E) embeddings its head's FC reads (None for the fusion model)."""
     from avser.features.racnn_input import racnn_input
 
     speech = racnn_input([torch.from_numpy(np.asarray(x.logmel, dtype=np.float32)) for x in inputs],
                          bundle.input_cfg)
     if bundle.kind == SPEECH:
-        logits = net(speech)
-    else:
-        faces, landmarks, mask = _visual_tensors(inputs, bundle)
-        logits, _ = net(speech=speech, faces=faces, landmarks=landmarks, visual_mask=mask)
-    return torch.softmax(logits.float(), dim=-1).numpy()
+        embedding = net.embed(speech)
+        return net.speech_head.fc(embedding).numpy(), embedding.numpy()
+    faces, landmarks, mask = _visual_tensors(inputs, bundle)
+    logits, _ = net(speech=speech, faces=faces, landmarks=landmarks, visual_mask=mask)
+    return logits.float().numpy(), None
 
 
-def predict_files(paths: Sequence[str | Path], bundle: ModelBundle) -> list[Prediction]:
-    net, reader = bundle.network(), FileReader(bundle)
-    results = []
-    for path in paths:
-        inputs = reader.read(path)
-        probs = probabilities(net, [inputs], bundle)[0]
-        results.append(Prediction(str(path), bundle.label_names[int(probs.argmax())],
-                                  dict(zip(bundle.label_names, map(float, probs))), inputs.note))
-    return results
+def probabilities(net: torch.nn.Module, inputs: Sequence[FileInputs], bundle: ModelBundle) -> np.ndarray:
+    """(N, C) softmax probabilities of a batch of files' inputs."""
+    return softmax(network_outputs(net, inputs, bundle)[0])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
+
+
+def check_speaker_readout(bundle: ModelBundle, flag: str) -> None:
+    if bundle.kind != SPEECH or not bundle.speaker_readout:
+        raise AvserError(f"{flag}: this model has no {PROTOCOL} readout (only a speech model "
+                         "exported with one has it: bench/export_speech_model.py "
+                         f"--speaker-readout); score without {flag}")
+
+
+def _scores(bundle: ModelBundle, inputs: Sequence[FileInputs], speakers: Sequence[str] | None,
+            where: str) -> np.ndarray:
+    """(N, C) probabilities of files read in order: one at a time, or with
+    ``speakers`` given, through the speaker-adaptive readout over all of them."""
+    net, logits, embeddings = bundle.network(), [], []
+    for start in range(0, len(inputs), EVAL_BATCH):
+        chunk_logits, chunk_embeddings = network_outputs(net, inputs[start:start + EVAL_BATCH], bundle)
+        logits.append(chunk_logits)
+        embeddings.append(chunk_embeddings)
+    if speakers is None:
+        return softmax(np.concatenate(logits))
+    return softmax(speaker_readout_logits(bundle.speaker_readout, np.concatenate(embeddings),
+                                          np.asarray(speakers), where))
+
+
+def predict_files(paths: Sequence[str | Path], bundle: ModelBundle,
+                  one_speaker: bool = False) -> list[Prediction]:
+    """Label and probabilities per file; ``one_speaker``: the files are one
+    speaker's, scored together by the speaker-adaptive readout."""
+    if one_speaker:
+        check_speaker_readout(bundle, "--one-speaker")
+    reader = FileReader(bundle)
+    inputs = [reader.read(path) for path in paths]
+    speakers = ["speaker"] * len(inputs) if one_speaker else None
+    probs = _scores(bundle, inputs, speakers, "the files of --one-speaker")
+    note = f"{PROTOCOL}: the {len(inputs)} files standardised together" if one_speaker else ""
+    return [Prediction(str(path), bundle.label_names[int(p.argmax())],
+                       dict(zip(bundle.label_names, map(float, p))),
+                       "; ".join(n for n in (x.note, note) if n))
+            for path, x, p in zip(paths, inputs, probs)]
 
 
 def check_labels(manifest_labels: Sequence[str], bundle: ModelBundle, where: str) -> None:
@@ -169,9 +212,12 @@ def _manifest_files(frame, reads_video: bool):
         yield path, getattr(row, "landmarks_path", None) or None
 
 
-def evaluate_manifest(bundle: ModelBundle, manifest_path: str | Path, out: str | Path | None = None):
-    """Scores of ``bundle`` on every clip of a manifest; writes the confusion
-    matrix PNG and a predictions CSV under ``out`` when given."""
+def evaluate_manifest(bundle: ModelBundle, manifest_path: str | Path, out: str | Path | None = None,
+                      speaker_adaptive: bool = False):
+    """Scores of ``bundle`` on every clip of a manifest (``speaker_adaptive``:
+    through the speaker-adaptive readout, grouping clips by the manifest's
+    speaker column); writes the confusion matrix PNG and a predictions CSV
+    under ``out`` when given."""
     import pandas as pd
 
     from avser.data.manifest import read_manifest
@@ -179,19 +225,20 @@ def evaluate_manifest(bundle: ModelBundle, manifest_path: str | Path, out: str |
 
     frame = read_manifest(manifest_path)
     check_labels(frame["label_name"].unique(), bundle, str(manifest_path))
-    net, reader, probs = bundle.network(), FileReader(bundle), []
-    files = list(_manifest_files(frame, reads_video=bundle.kind != SPEECH))
-    for start in range(0, len(files), EVAL_BATCH):
-        chunk = [reader.read(path, csv) for path, csv in files[start:start + EVAL_BATCH]]
-        probs.append(probabilities(net, chunk, bundle))
-    probs = np.concatenate(probs)
+    if speaker_adaptive:
+        check_speaker_readout(bundle, "--speaker-adaptive")
+    reader = FileReader(bundle)
+    inputs = [reader.read(path, csv) for path, csv in _manifest_files(frame, bundle.kind != SPEECH)]
+    speakers = frame["speaker"].astype(str).to_numpy() if speaker_adaptive else None
+    probs = _scores(bundle, inputs, speakers, str(manifest_path))
     truth = np.array([bundle.label_names.index(n) for n in frame["label_name"]])
     report = classification_report(truth, probs.argmax(1), bundle.label_names)
+    report["protocol"] = PROTOCOL if speaker_adaptive else "per clip"
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         plot_confusion(np.asarray(report["confusion"]), bundle.label_names, out / "confusion.png",
-                       title=f"{Path(manifest_path).name}: UA {report['ua']:.1%}")
+                       title=f"{Path(manifest_path).name} ({report['protocol']}): UA {report['ua']:.1%}")
         table = pd.DataFrame({"clip_id": frame["clip_id"], "speaker": frame["speaker"],
                               "label": frame["label_name"],
                               "predicted": [bundle.label_names[i] for i in probs.argmax(1)]})

@@ -12,7 +12,11 @@ the mean of the RACNN tokens). Three readouts of it:
   (C = 10, as in ``bench/speech_baseline.py``) fitted on the training split;
 - ``svm, per speaker``: each speaker's embeddings standardised by that
   speaker's own mean and std (test speakers' clips, never their labels: a
-  speaker-adaptive protocol), then the same SVM.
+  speaker-adaptive protocol), then the same SVM;
+- ``softmax, per speaker``: the same standardisation, then the linear
+  softmax of :mod:`avser.speaker_adapt`: the readout a model bundle carries
+  (``bench/export_speech_model.py --speaker-readout``) and ``avser evaluate
+  --speaker-adaptive`` applies.
 
 Validation UA picks one readout per run (``chosen``); the test split is
 scored for every readout and selects nothing.
@@ -39,7 +43,9 @@ from avser.batches import FrameBatches  # noqa: E402
 from avser.bundle import load_bundle  # noqa: E402
 from avser.features.speaker_norm import standardise_rows_by_speaker  # noqa: E402
 from avser.metrics import classification_report  # noqa: E402
-from avser.platform.epochs import predict  # noqa: E402
+from avser.platform.epochs import predict, speech_embeddings  # noqa: E402
+from avser.speaker_adapt import (SpeakerReadoutConfig, fit_speaker_readout,  # noqa: E402
+                                 speaker_readout_logits)
 
 PARTS = ("train", "val", "test")
 
@@ -51,16 +57,25 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def embeddings(model, rows, ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings, labels, logits) of ``rows``: the final FC's input, captured by a hook."""
-    captured = []
-    hook = model.speech_head.fc.register_forward_hook(
-        lambda _module, inputs, _output: captured.append(inputs[0].float().detach()))
-    try:
-        preds = predict(model, FrameBatches(rows), ctx, torch.device("cpu"))
-    finally:
-        hook.remove()
-    return torch.cat(captured).numpy(), preds["labels"], preds["logits"]
+def run_embeddings(run: Path):
+    """({part: embeddings}, {part: labels}, {part: speakers}, {part: network logits}, label
+    names) of a run folder's best weights on its own split (rebuilt from ``command.txt``)."""
+    argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
+    args = speech_recipe.parse_args(argv)
+    _, _, frames, ctx = speech_recipe.prepare(args)
+    parts = {name: rows for name, rows in frames.items() if len(rows)}
+    model, cpu = load_bundle(run / "model.avser.pt").network(), torch.device("cpu")
+    embedded = {n: speech_embeddings(model, FrameBatches(rows), ctx, cpu) for n, rows in parts.items()}
+    logits = {n: predict(model, FrameBatches(rows), ctx, cpu)["logits"] for n, rows in parts.items()}
+    labels = {n: rows["label"].to_numpy() for n, rows in parts.items()}
+    speakers = {n: rows["speaker"].astype(str).to_numpy() for n, rows in parts.items()}
+    return embedded, labels, speakers, logits, ctx.label_names
+
+
+def fit_readout(embedded, labels, speakers, n_classes: int) -> dict[str, torch.Tensor]:
+    """The shipped speaker-adaptive readout, fitted on a run's training clips."""
+    return fit_speaker_readout(embedded["train"], labels["train"], speakers["train"], n_classes,
+                               SpeakerReadoutConfig())
 
 
 def ua(labels: np.ndarray, predicted: np.ndarray, label_names: list[str]) -> float:
@@ -69,20 +84,18 @@ def ua(labels: np.ndarray, predicted: np.ndarray, label_names: list[str]) -> flo
 
 def readouts(run: Path) -> dict[str, dict[str, float]]:
     """{readout: {val_ua, test_ua}} of one run folder."""
-    argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
-    args = speech_recipe.parse_args(argv)
-    _, _, parts, ctx = speech_recipe.prepare(args)
-    model = load_bundle(run / "model.avser.pt").network()
-    data = {name: embeddings(model, parts[name], ctx) for name in PARTS}
-    speakers = {name: parts[name]["speaker"].astype(str).to_numpy() for name in PARTS}
-    names = ctx.label_names
-    table = {"network": {f"{n}_ua": ua(data[n][1], data[n][2].argmax(1), names) for n in ("val", "test")}}
+    embedded, labels, speakers, logits, names = run_embeddings(run)
+    scored = ("val", "test")
+    table = {"network": {f"{n}_ua": ua(labels[n], logits[n].argmax(1), names) for n in scored}}
     for readout, transform in (("svm", lambda x, _s: x),
                                ("svm, per speaker", standardise_rows_by_speaker)):
-        features = {n: transform(data[n][0], speakers[n]) for n in PARTS}
-        clf = svm().fit(features["train"], data["train"][1])
-        table[readout] = {f"{n}_ua": ua(data[n][1], clf.predict(features[n]), names)
-                          for n in ("val", "test")}
+        features = {n: transform(embedded[n], speakers[n]) for n in PARTS}
+        clf = svm().fit(features["train"], labels["train"])
+        table[readout] = {f"{n}_ua": ua(labels[n], clf.predict(features[n]), names) for n in scored}
+    shipped = fit_readout(embedded, labels, speakers, len(names))
+    table["softmax, per speaker"] = {
+        f"{n}_ua": ua(labels[n], speaker_readout_logits(shipped, embedded[n], speakers[n], n).argmax(1),
+                      names) for n in scored}
     return table
 
 

@@ -210,34 +210,47 @@ class RACNN(nn.Module):
         return self.forward_features(x).flatten(2).transpose(1, 2)
 
 
-class SpeechHead(nn.Module):
-    """Temporary pretraining head: mean over tokens, dropout, FC -> logits."""
+class PooledHead(nn.Module):
+    """A speech head: ``embed`` pools the (B, T, C) tokens to one (B, E) vector
+    per clip, then dropout and an FC give the logits. The embedding is what
+    a readout other than the FC (``avser.speaker_adapt``) reads."""
+
+    def __init__(self, embed_dim: int, n_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(embed_dim, n_classes)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.embed(tokens)))
+
+
+class MeanTokenHead(PooledHead):
+    """The first pretraining head: the mean over all tokens."""
 
     def __init__(self, channels: int, n_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, n_classes)
+        super().__init__(channels, n_classes, dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(tokens.mean(dim=1)))
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1)
 
 
-class BiGRUSpeechHead(nn.Module):
+class BiGRUSpeechHead(PooledHead):
     """The paper's reading of the tokens (section II-C, speech alone): a
-    bidirectional GRU over the token sequence, mean over its outputs, FC."""
+    bidirectional GRU over the token sequence, the mean of its outputs."""
 
     def __init__(self, channels: int, n_classes: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(2 * hidden, n_classes, dropout)
         self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * hidden, n_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         states, _ = self.gru(tokens)
-        return self.fc(self.drop(states.mean(dim=1)))
+        return states.mean(dim=1)
 
 
-class BandStatisticsHead(nn.Module):
+class BandStatisticsHead(PooledHead):
     """Statistics pooling per frequency band: the mean and std over the time
     positions (depth and width) of each of the H' bands, concatenated, FC.
 
@@ -248,26 +261,24 @@ class BandStatisticsHead(nn.Module):
     """
 
     def __init__(self, grid: Triple, channels: int, n_classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(2 * grid[1] * channels, n_classes, dropout)
         self.grid = grid
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * grid[1] * channels, n_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         depth, bands, width = self.grid
         # (B, D'*H'*W', C) in (depth, height, width) order -> (B, H', D'*W', C)
         grid = tokens.unflatten(1, (depth, bands, width)).transpose(1, 2).flatten(2, 3)
         std, mean = torch.std_mean(grid, dim=2, correction=0)
-        return self.fc(self.drop(torch.cat([mean, std], dim=-1).flatten(1)))
+        return torch.cat([mean, std], dim=-1).flatten(1)
 
 
-def speech_head(cfg: RACNNConfig) -> nn.Module:
+def speech_head(cfg: RACNNConfig) -> PooledHead:
     if cfg.head == "bands":
         *grid, channels = racnn_layer_shapes(cfg)[AVG_POOL.name]
         return BandStatisticsHead(tuple(grid), channels, cfg.n_classes, cfg.dropout)
     if cfg.head == "bigru":
         return BiGRUSpeechHead(cfg.widths[-1], cfg.n_classes, cfg.head_hidden, cfg.dropout)
-    return SpeechHead(cfg.widths[-1], cfg.n_classes, cfg.dropout)
+    return MeanTokenHead(cfg.widths[-1], cfg.n_classes, cfg.dropout)
 
 
 class SpeechEmotionNet(nn.Module):
@@ -285,6 +296,10 @@ class SpeechEmotionNet(nn.Module):
 
     def forward(self, speech: torch.Tensor) -> torch.Tensor:
         return self.speech_head(self.racnn(speech))
+
+    def embed(self, speech: torch.Tensor) -> torch.Tensor:
+        """(B, E): what the head's FC reads."""
+        return self.speech_head.embed(self.racnn(speech))
 
 
 def racnn_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

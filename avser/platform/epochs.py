@@ -150,6 +150,19 @@ def predict(model, shard, ctx: LoopContext, device) -> dict[str, np.ndarray]:
     }
 
 
+@torch.no_grad()
+def speech_embeddings(model, shard, ctx: LoopContext, device) -> np.ndarray:
+    """(N, E) embeddings of a speech network, what its head's FC reads, per
+    clip in ``shard`` order (for the speaker-adaptive readout)."""
+    model = unwrap(model).eval()
+    precision = ctx.precision(device)
+    embeddings = []
+    for _, inputs in _batches(shard, ctx):
+        with recipe.autocast(precision, device):
+            embeddings.append(model.embed(inputs.speech(device, ctx.input_cfg)).float().cpu())
+    return torch.cat(embeddings).numpy()
+
+
 def evaluate(predictions: dict[str, np.ndarray], label_names: list[str], prefix: str) -> dict[str, float]:
     """Loss, WA, UA and macro-F1 of predictions, keyed ``{prefix}_...``."""
     logits = torch.from_numpy(predictions["logits"])
