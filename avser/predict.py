@@ -141,8 +141,8 @@ def network_outputs(net: torch.nn.Module, inputs: Sequence[FileInputs],
     speech = racnn_input([torch.from_numpy(np.asarray(x.logmel, dtype=np.float32)) for x in inputs],
                          bundle.input_cfg)
     if bundle.kind == SPEECH:
-        embedding = net.embed(speech)
-        return net.speech_head.fc(embedding).numpy(), embedding.numpy()
+        logits, embedding = net(speech, with_embedding=True)
+        return logits.float().numpy(), embedding.float().numpy()
     faces, landmarks, mask = _visual_tensors(inputs, bundle)
     logits, _ = net(speech=speech, faces=faces, landmarks=landmarks, visual_mask=mask)
     return logits.float().numpy(), None

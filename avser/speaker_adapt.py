@@ -28,11 +28,20 @@ PROTOCOL = "speaker-adaptive"
 
 @dataclass
 class SpeakerReadoutConfig:
+    # Fit the readout after a speech pretraining run (jobs/pretrain_racnn.py).
+    enabled: bool = False
     c: float = 1.0  # inverse L2 strength of the softmax (scikit-learn's C)
     max_iter: int = 2000
     # A speaker's mean and std over fewer clips than this are too noisy to
     # standardise by (RAVDESS has 60 clips per actor, across all emotions).
     min_clips: int = 8
+
+
+def speakers_with_enough_clips(speakers: np.ndarray, min_clips: int) -> np.ndarray:
+    """(N,) bool: clips whose speaker has at least ``min_clips`` clips here."""
+    names, inverse, counts = np.unique(np.asarray(speakers, dtype=str), return_inverse=True,
+                                       return_counts=True)
+    return (counts >= min_clips)[inverse] & (names != "")[inverse]
 
 
 def check_clips_per_speaker(speakers: np.ndarray, min_clips: int, where: str) -> None:

@@ -43,7 +43,7 @@ from avser.batches import FrameBatches  # noqa: E402
 from avser.bundle import load_bundle  # noqa: E402
 from avser.features.speaker_norm import standardise_rows_by_speaker  # noqa: E402
 from avser.metrics import classification_report  # noqa: E402
-from avser.platform.epochs import predict, speech_embeddings  # noqa: E402
+from avser.platform.epochs import predict  # noqa: E402
 from avser.speaker_adapt import (SpeakerReadoutConfig, fit_speaker_readout,  # noqa: E402
                                  speaker_readout_logits)
 
@@ -65,11 +65,10 @@ def run_embeddings(run: Path):
     _, _, frames, ctx = speech_recipe.prepare(args)
     parts = {name: rows for name, rows in frames.items() if len(rows)}
     model, cpu = load_bundle(run / "model.avser.pt").network(), torch.device("cpu")
-    embedded = {n: speech_embeddings(model, FrameBatches(rows), ctx, cpu) for n, rows in parts.items()}
-    logits = {n: predict(model, FrameBatches(rows), ctx, cpu)["logits"] for n, rows in parts.items()}
-    labels = {n: rows["label"].to_numpy() for n, rows in parts.items()}
-    speakers = {n: rows["speaker"].astype(str).to_numpy() for n, rows in parts.items()}
-    return embedded, labels, speakers, logits, ctx.label_names
+    preds = {n: predict(model, FrameBatches(rows), ctx, cpu) for n, rows in parts.items()}
+    return ({n: p["hybrid"] for n, p in preds.items()}, {n: p["labels"] for n, p in preds.items()},
+            {n: p["speaker"] for n, p in preds.items()}, {n: p["logits"] for n, p in preds.items()},
+            ctx.label_names)
 
 
 def fit_readout(embedded, labels, speakers, n_classes: int) -> dict[str, torch.Tensor]:

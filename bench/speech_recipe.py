@@ -73,7 +73,7 @@ def split_frames(store: str, cfg, ship: bool = False, exclude: str = "", speaker
     from avser.platform.experiments import label_names_of
     from avser.platform.stages import SPEECH_COLUMNS
 
-    frame = read_ok_rows(store, [*SPEECH_COLUMNS, "speaker", "label_name"])
+    frame = read_ok_rows(store, [*SPEECH_COLUMNS, "label_name"])
     if exclude:
         frame = frame[~frame["speaker"].astype(str).isin(exclude.split(","))].reset_index(drop=True)
     if speaker_norm:

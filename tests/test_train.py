@@ -404,8 +404,9 @@ def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, wo
 def test_pretrain_with_every_recipe_element_and_predict_from_the_registry(
         ray_local, store, workdir):
     """Augmentation, mixup, EMA, AdamW + warm-up/cosine, label smoothing,
-    early stopping on val UA, the Bi-GRU head and the overlapping Conv1, all
-    at once inside Ray Train; the registered version predicts a file."""
+    early stopping on val UA, the Bi-GRU head, the overlapping Conv1 and the
+    speaker-adaptive readout, all at once inside Ray Train; the registered
+    version predicts a file, one clip at a time and as one speaker's clips."""
     speech_store = speech_only_copy(store, workdir / "store-speech-recipe")
     cfg = train_config(workdir / "ray", "recipe", "stage=pretrain", "optim.max_epochs=2",
                        "augment.enabled=true", "optim.mixup_alpha=0.4", "optim.ema_decay=0.9",
@@ -413,6 +414,8 @@ def test_pretrain_with_every_recipe_element_and_predict_from_the_registry(
                        "optim.schedule=cosine", "optim.warmup_epochs=1",
                        "optim.label_smoothing=0.1", "optim.early_stop_metric=val_ua",
                        "model_overrides=[racnn.head=bigru,racnn.conv1=overlap5]",
+                       # 24 clips of 4 speakers: 2 clips are enough to standardise by here.
+                       "speaker_readout.enabled=true", "speaker_readout.min_clips=2",
                        "register_as=avser-racnn-recipe")
     (fold,) = run_training(cfg, speech_store).folds
     run_id = tracking.find_run(EXPERIMENT, fold.run_name)
@@ -430,6 +433,16 @@ def test_pretrain_with_every_recipe_element_and_predict_from_the_registry(
     assert result.label in label_names_of(load_store_meta(store))
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     assert bundle.model_cfg.racnn.head == "bigru" and bundle.kind == "speech"
+
+    # The readout: fitted on the training speakers' embeddings (the Bi-GRU's
+    # 2 x hidden outputs), scored on the test speakers, shipped in the bundle.
+    assert bundle.speaker_readout["weight"].shape == (len(bundle.label_names),
+                                                      2 * bundle.model_cfg.racnn.head_hidden)
+    assert 0.0 <= fold.metrics["adaptive_test_ua"] <= 1.0
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert metrics["adaptive_test_ua"] == pytest.approx(fold.metrics["adaptive_test_ua"])
+    results = predict_files([audio, audio], bundle, one_speaker=True)
+    assert all("speaker-adaptive" in r.note for r in results)
 
 
 def test_killed_job_resumes_from_its_checkpoint_into_the_same_mlflow_run(store, tmp_path):

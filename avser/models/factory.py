@@ -49,8 +49,8 @@ def build_network(kind: str, model_cfg: ModelConfig,
 def network_logits(model: nn.Module, kind: str, inputs, device: torch.device,
                    input_cfg: RacnnInputConfig, augment: SpeechAugmentConfig | None = None,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, hybrid features); a speech network has no hybrid feature, so
-    an empty (B, 0) tensor stands in for it. ``augment``: training batches only."""
+    """(logits, hybrid features); a speech network's are its embedding (what
+    its head's FC reads). ``augment``: training batches only."""
     if kind == SPEECH:
         return speech_logits(model, inputs.speech(device, input_cfg, augment, generator))
     # The vision-only variant reads no speech: skip building its (large) input.
@@ -59,9 +59,8 @@ def network_logits(model: nn.Module, kind: str, inputs, device: torch.device,
 
 
 def speech_logits(model: nn.Module, speech: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A speech network's (logits, empty (B, 0) hybrid features) for a built input."""
-    logits = model(speech)
-    return logits, logits.new_zeros(logits.shape[0], 0)
+    """A speech network's (logits, embedding) for a built input."""
+    return model(speech, with_embedding=True)
 
 
 def example_inputs(kind: str, model_cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -282,7 +282,9 @@ def speech_head(cfg: RACNNConfig) -> PooledHead:
 
 
 class SpeechEmotionNet(nn.Module):
-    """RACNN + speech_head, trained on speech alone; ``forward`` -> (B, n_classes) logits."""
+    """RACNN + speech_head, trained on speech alone; ``forward`` -> (B, n_classes)
+    logits, and with ``with_embedding`` also the (B, E) embedding the head's FC
+    reads (through ``forward``, so that DDP sees the call)."""
 
     def __init__(self, racnn: RACNN, speech_head: nn.Module) -> None:
         super().__init__()
@@ -294,8 +296,10 @@ class SpeechEmotionNet(nn.Module):
         cfg = cfg.racnn if isinstance(cfg, ModelConfig) else cfg
         return cls(RACNN.from_config(cfg), speech_head(cfg))
 
-    def forward(self, speech: torch.Tensor) -> torch.Tensor:
-        return self.speech_head(self.racnn(speech))
+    def forward(self, speech: torch.Tensor, with_embedding: bool = False):
+        embedding = self.embed(speech)
+        logits = self.speech_head.fc(self.speech_head.drop(embedding))
+        return (logits, embedding) if with_embedding else logits
 
     def embed(self, speech: torch.Tensor) -> torch.Tensor:
         """(B, E): what the head's FC reads."""

@@ -14,6 +14,7 @@ from avser.platform import storage
 from avser.platform.epoch_log import OutageConfig
 from avser.platform.stages import check_init, stage_of
 from avser.recipe import PRECISIONS, OptimConfig
+from avser.speaker_adapt import SpeakerReadoutConfig
 
 __all__ = ["DataPrepConfig", "OptimConfig", "PreprocessConfig", "TrainConfig", "resolve_paths"]
 
@@ -49,6 +50,8 @@ class TrainConfig:
     # Overlap of the RACNN input segments; their count and size come from the model config.
     segment_overlap: float = RacnnInputConfig.overlap
     klda: KLDAConfig = field(default_factory=KLDAConfig)
+    # Speech pretraining: the speaker-adaptive readout fitted after training.
+    speaker_readout: SpeakerReadoutConfig = field(default_factory=SpeakerReadoutConfig)
     # RACNN initialisation for fusion: scratch | checkpoint:PATH | registry:NAME@ALIAS
     init: str = "scratch"
     num_workers: int = 1

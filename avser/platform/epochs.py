@@ -131,10 +131,12 @@ def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: in
 
 @torch.no_grad()
 def predict(model, shard, ctx: LoopContext, device) -> dict[str, np.ndarray]:
-    """Logits, labels and hybrid features over a whole dataset (no shuffling)."""
+    """Logits, labels, hybrid features (a speech network's: its embedding),
+    clip ids and, where the store has them, speakers over a whole dataset
+    (no shuffling)."""
     model.eval()
     precision = ctx.precision(device)
-    logits, labels, hybrids, ids = [], [], [], []
+    logits, labels, hybrids, ids, speakers = [], [], [], [], []
     for raw, inputs in _batches(shard, ctx):
         with recipe.autocast(precision, device):
             out, hybrid = network_logits(model, ctx.stage.network, inputs, device, ctx.input_cfg)
@@ -142,25 +144,16 @@ def predict(model, shard, ctx: LoopContext, device) -> dict[str, np.ndarray]:
         hybrids.append(hybrid.float().cpu())
         labels.append(inputs.labels)
         ids.extend(str(c) for c in raw["clip_id"])
-    return {
+        speakers.extend(str(s) for s in raw.get("speaker", ()))
+    out = {
         "logits": torch.cat(logits).numpy(),
         "labels": torch.cat(labels).numpy(),
         "hybrid": torch.cat(hybrids).numpy(),
         "clip_id": np.asarray(ids),
     }
-
-
-@torch.no_grad()
-def speech_embeddings(model, shard, ctx: LoopContext, device) -> np.ndarray:
-    """(N, E) embeddings of a speech network, what its head's FC reads, per
-    clip in ``shard`` order (for the speaker-adaptive readout)."""
-    model = unwrap(model).eval()
-    precision = ctx.precision(device)
-    embeddings = []
-    for _, inputs in _batches(shard, ctx):
-        with recipe.autocast(precision, device):
-            embeddings.append(model.embed(inputs.speech(device, ctx.input_cfg)).float().cpu())
-    return torch.cat(embeddings).numpy()
+    if len(speakers) == len(ids):
+        out["speaker"] = np.asarray(speakers)
+    return out
 
 
 def evaluate(predictions: dict[str, np.ndarray], label_names: list[str], prefix: str) -> dict[str, float]:

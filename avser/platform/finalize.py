@@ -17,7 +17,12 @@ from avser.heads import evaluate_head, fit_klda_head, save_head
 from avser.metrics import classification_report, plot_confusion, plot_curves
 from avser.platform import checkpoint, registry, tracking
 from avser.platform.epochs import effective_config, evaluate
+from avser.models.factory import SPEECH
 from avser.platform.model_card import version_card
+from avser.speaker_adapt import fit_speaker_readout, speaker_readout_logits, speakers_with_enough_clips
+
+# Metric prefix of the speaker-adaptive readout's scores.
+ADAPTIVE = "adaptive_"
 
 def _network_metrics(splits: dict[str, dict[str, np.ndarray]], label_names: list[str]):
     metrics: dict[str, float] = {}
@@ -46,6 +51,40 @@ def _klda_metrics(ctx, splits, head) -> dict[str, float]:
     return metrics
 
 
+def _speaker_readout(ctx, splits):
+    """The speaker-adaptive readout of a speech network, fitted on the training
+    speakers that have enough clips, when enabled; None otherwise."""
+    cfg = ctx.cfg.speaker_readout
+    train = splits.get("train")
+    if not cfg.enabled or ctx.stage.network != SPEECH or train is None or "speaker" not in train:
+        return None
+    keep = speakers_with_enough_clips(train["speaker"], cfg.min_clips)
+    if len(np.unique(train["labels"][keep])) < len(ctx.label_names):
+        print(f"[{ctx.run_name}] no speaker-adaptive readout: the training speakers with "
+              f"{cfg.min_clips}+ clips do not cover every class", flush=True)
+        return None
+    return fit_speaker_readout(train["hybrid"][keep], train["labels"][keep], train["speaker"][keep],
+                               len(ctx.label_names), cfg)
+
+
+def _speaker_readout_metrics(ctx, splits, readout) -> dict[str, float]:
+    """UA, WA and macro-F1 of the readout on the validation and test speakers
+    that have enough clips to be standardised by."""
+    metrics: dict[str, float] = {}
+    for name in ("val", "test") if readout is not None else ():
+        preds = splits.get(name)
+        if preds is None or "speaker" not in preds:
+            continue
+        keep = speakers_with_enough_clips(preds["speaker"], int(readout["min_clips"]))
+        if not keep.any():
+            continue
+        logits = speaker_readout_logits(readout, preds["hybrid"][keep], preds["speaker"][keep], name)
+        report = classification_report(preds["labels"][keep], logits.argmax(1), ctx.label_names)
+        metrics.update({f"{ADAPTIVE}{name}_ua": report["ua"], f"{ADAPTIVE}{name}_wa": report["wa"],
+                        f"{ADAPTIVE}{name}_f1": report["macro_f1"]})
+    return metrics
+
+
 def _log_figures(run_id: str, ctx, splits, history) -> None:
     split = "test" if "test" in splits else "val"
     preds = splits[split]
@@ -59,7 +98,7 @@ def _log_figures(run_id: str, ctx, splits, history) -> None:
         tracking.log_figure_file(run_id, curves_png, "figures")
 
 
-def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
+def bundle_of(ctx, model, metrics: dict[str, float], speaker_readout=None) -> ModelBundle:
     """The plain-data bundle of a trained model (avser predict / evaluate)."""
     return ModelBundle(
         kind=ctx.stage.network, model_cfg=ctx.model_cfg, feature_cfg=ctx.feature_cfg,
@@ -67,6 +106,7 @@ def bundle_of(ctx, model, metrics: dict[str, float]) -> ModelBundle:
         state_dict=model.state_dict(),
         card={"run_name": ctx.run_name, "protocol": ctx.cfg.split.protocol,
               "metrics": {k: float(v) for k, v in metrics.items()}},
+        speaker_readout=speaker_readout,
     )
 
 
@@ -80,16 +120,19 @@ def register(ctx, run_id: str, bundle_path: str | Path, head_path: str | Path | 
         run_id, name, bundle_path,
         tags={**ctx.tracking.tags, "run_name": ctx.run_name, "stage": ctx.cfg.stage},
         head_path=head_path, card=card,
-        metrics={k: v for k, v in metrics.items() if k.startswith(("test_", "klda_", "final_val"))})
+        metrics={k: v for k, v in metrics.items()
+                 if k.startswith(("test_", "klda_", ADAPTIVE, "final_val"))})
 
 
 def finish_run(ctx, model, splits, state, folder: str) -> dict[str, float]:
     """Final metrics, KLDA, figures and registration; the final checkpoint
     (best weights, hybrid features, labels, bundle) is written to ``folder``."""
-    head = _klda_head(ctx, splits)
-    metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits, head)}
+    head, readout = _klda_head(ctx, splits), _speaker_readout(ctx, splits)
+    metrics = {**_network_metrics(splits, ctx.label_names), **_klda_metrics(ctx, splits, head),
+               **_speaker_readout_metrics(ctx, splits, readout)}
     metrics["best_epoch"] = state.best_epoch
-    bundle_path = save_bundle(bundle_of(ctx, model, metrics), os.path.join(folder, checkpoint.BUNDLE_FILE))
+    bundle_path = save_bundle(bundle_of(ctx, model, metrics, readout),
+                              os.path.join(folder, checkpoint.BUNDLE_FILE))
     head_path = None
     if head is not None:
         head_path = os.path.join(folder, checkpoint.KLDA_HEAD_FILE)

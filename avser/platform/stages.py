@@ -18,7 +18,7 @@ from avser.models.factory import AUDIOVISUAL, SPEECH, build_network
 from avser.platform import checkpoint
 
 # Store columns a speech-only stage reads (no JPEGs, no landmarks).
-SPEECH_COLUMNS = ["clip_id", "label", "logmel", "logmel_shape"]
+SPEECH_COLUMNS = ["clip_id", "label", "logmel", "logmel_shape", "speaker"]
 
 
 @dataclass(frozen=True)
