@@ -87,10 +87,10 @@ def card_markdown(name: str, card: dict) -> str:
 - **Estimate on new speakers**: test UA **{est['test_ua']:.1%}** (WA {est['test_wa']:.1%}) with the same
   recipe under the `{est['protocol']}`. Made by `{est['command']}`.
 {_adaptive_line(card)}- **Validation UA** of this model (its early-stopping speakers): {card['validation_ua']:.1%}.
-- **Made by**: `{card['command']}`, then `bench/export_speech_model.py`.
+- **Made by**: `{card['command']}`, then `{card.get('exported_by', 'bench/export_speech_model.py')}`.
 - **Licence**: {card['licence']}.
 - **Use**: `avser predict FILE.wav` (this is the default model) or
-  `avser evaluate --weights avser/pretrained/{name}.pt --manifest M.parquet`.
+  `avser evaluate --weights avser/pretrained/{name}.pt --manifest M.parquet`{_adaptive_use(card)}.
   Loaded with `torch.load(weights_only=True)`: the file holds tensors and plain values only.
 """
 
@@ -103,6 +103,13 @@ def _adaptive_line(card: dict) -> str:
             f"--one-speaker`: each speaker's clips standardised together): test UA "
             f"**{est['test_ua']:.1%}** on the same test speakers, its readout fitted on the same "
             "training speakers.\n")
+
+
+def _adaptive_use(card: dict) -> str:
+    if "speaker_adaptive_estimate" not in card:
+        return ""
+    return ("; several clips of one speaker: `avser predict --one-speaker CLIPS...` or "
+            "`avser evaluate ... --speaker-adaptive`")
 
 
 def fit_readouts(run: Path, estimate: Path, card: dict):
@@ -130,6 +137,7 @@ def main() -> None:
     ship, estimate = read_run(Path(args.run)), read_run(Path(args.estimate))
     bundle = load_bundle(Path(args.run) / "model.avser.pt")
     bundle.card = card_of(ship, estimate)
+    bundle.card["exported_by"] = " ".join(["python", "bench/export_speech_model.py", *sys.argv[1:]])
     if args.speaker_readout:
         bundle.speaker_readout = fit_readouts(Path(args.run).resolve(), Path(args.estimate).resolve(),
                                               bundle.card)
