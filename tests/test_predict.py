@@ -74,6 +74,8 @@ def test_the_shipped_speech_model_loads_without_code() -> None:
     assert "licence" in bundle.card and "CC BY-NC-SA" in bundle.card["licence"]
     card = DEFAULT_WEIGHTS.with_suffix(".md")
     assert card.is_file() and "CC BY-NC-SA 4.0" in card.read_text()
+    readout = bundle.speaker_readout  # the shipped model scores one speaker's clips together too
+    assert readout is not None and readout["weight"].shape[0] == len(LABELS)
 
 
 def test_predict_a_real_ravdess_file_with_the_shipped_model(shared_data, capsys) -> None:

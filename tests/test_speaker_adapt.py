@@ -135,3 +135,10 @@ def test_a_model_without_the_readout_says_so(shared_data, tmp_path, capsys) -> N
     assert cli.main(["evaluate", "--weights", str(plain), "--manifest", str(manifest),
                      "--speaker-adaptive"]) == 2
     assert "no speaker-adaptive readout" in capsys.readouterr().err
+
+
+def test_the_shipped_model_scores_one_speakers_clips_together(shared_data, capsys) -> None:
+    clips = [str(p) for p in ravdess_files(shared_data, "Actor_16", 8)]
+    assert cli.main(["predict", *clips, "--one-speaker", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 8 and all(PROTOCOL in r["note"] for r in results)
