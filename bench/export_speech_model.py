@@ -87,7 +87,7 @@ def card_markdown(name: str, card: dict) -> str:
 - **Estimate on new speakers**: test UA **{est['test_ua']:.1%}** (WA {est['test_wa']:.1%}) with the same
   recipe under the `{est['protocol']}`. Made by `{est['command']}`.
 {_adaptive_line(card)}- **Validation UA** of this model (its early-stopping speakers): {card['validation_ua']:.1%}.
-- **Made by**: `{card['command']}`, then `{card.get('exported_by', 'bench/export_speech_model.py')}`.
+- **Made by**: `{card['command']}`, then `{card['exported_by']}`.
 - **Licence**: {card['licence']}.
 - **Use**: `avser predict FILE.wav` (this is the default model) or
   `avser evaluate --weights avser/pretrained/{name}.pt --manifest M.parquet`{_adaptive_use(card)}.
