@@ -124,6 +124,26 @@ def test_racnn_attention_off_has_no_cbam():
     assert not any(isinstance(m, CBAM3d) for m in racnn.modules())
 
 
+def test_local_block_kernel_keeps_table_i_shapes_and_mixes_neighbours(tiny_cfg):
+    table_i = RACNN.from_config(tiny_cfg.racnn).eval()
+    local = RACNN.from_config(dataclasses.replace(tiny_cfg.racnn, block_kernel=3)).eval()
+    assert local.ra1.convs.conv2.conv.kernel_size == (2, 3, 3)
+    assert local.ra2.convs.conv4.conv.kernel_size == (1, 2, 2)  # strided rows stay Table I's
+    x = torch.randn(1, 3, tiny_cfg.racnn.depth, 64, 64)
+    with torch.no_grad():
+        assert local(x).shape == table_i(x).shape
+        # An impulse through Conv2 alone (GroupNorm and attention are global): Table I's
+        # 1x1 kernel keeps it in place, the local kernel reaches the 3x3 neighbourhood.
+        channels = tiny_cfg.racnn.widths[0]
+        impulse = torch.zeros(1, channels, 2, 5, 5)
+        impulse[..., 2, 2] = 1.0
+        reach = [net.ra1.convs.conv2.conv(impulse).abs().amax(dim=(0, 1, 2)) > 0
+                 for net in (table_i, local)]
+    assert reach[0].sum() == 1 and reach[1].sum() == 9
+    with pytest.raises(ConfigError, match="block_kernel"):
+        RACNNConfig(block_kernel=2)
+
+
 def test_speech_emotion_net_logits(tiny_cfg):
     net = SpeechEmotionNet.from_config(tiny_cfg)
     speech = make_batch(tiny_cfg, 3)[0]

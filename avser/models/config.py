@@ -43,6 +43,7 @@ class RACNNConfig:
     n_classes: int = 8  # classes of the pretraining speech_head
     dropout: float = 0.3  # before the speech_head's FC
     conv1: str = "table1"  # one of CONV1_KINDS
+    block_kernel: int = 1  # RA blocks' unstrided convs: (frequency, time) kernel; Table I: 1
     head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
     head_hidden: int = 128  # bigru head: units per direction
 
@@ -59,6 +60,11 @@ class RACNNConfig:
             raise ConfigError(
                 f"racnn.groups={self.groups} must divide every width; {bad} do not "
                 "(GroupNorm splits channels into equal groups)"
+            )
+        if self.block_kernel < 1 or self.block_kernel % 2 == 0:
+            raise ConfigError(
+                f"racnn.block_kernel={self.block_kernel} must be odd and >= 1 (1 is Table I; "
+                "odd kernels are padded to keep Table I's output sizes)"
             )
         if self.spatial_kernel % 2 == 0:
             raise ConfigError(

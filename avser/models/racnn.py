@@ -133,17 +133,30 @@ class ResidualAttentionBlock(nn.Module):
         return y + self.shortcut(x, y.shape[2:])
 
 
+def _local_kernel(spec: LayerSpec, block_kernel: int) -> tuple[Triple, Triple]:
+    """Kernel and padding of an RA-block conv: Table I's where it strides or
+    ``block_kernel`` is 1; else its depth kernel with a ``block_kernel`` square
+    in (frequency, time), padded to keep Table I's output size."""
+    if block_kernel == 1 or spec.stride != (1, 1, 1) or spec.kernel[1:] != (1, 1):
+        return spec.kernel, (0, 0, 0)
+    return (spec.kernel[0], block_kernel, block_kernel), (0, block_kernel // 2, block_kernel // 2)
+
+
 def ra_block(
     specs: tuple[LayerSpec, LayerSpec],
     in_channels: int,
     width: int,
     groups: int,
     attention: nn.Module,
+    block_kernel: int = 1,
 ) -> ResidualAttentionBlock:
-    """An RA block from its two Table I rows."""
+    """An RA block from its two Table I rows (``block_kernel``: see ``_local_kernel``)."""
     convs, channels = OrderedDict(), in_channels
     for spec in specs:
-        convs[spec.name.lower()] = ConvBlock3d(channels, width, spec.kernel, spec.stride, groups)
+        kernel, padding = _local_kernel(spec, block_kernel)
+        convs[spec.name.lower()] = ConvBlock3d(
+            channels, width, kernel, spec.stride, groups, padding=padding
+        )
         channels = width
     stride = tuple(math.prod(s) for s in zip(*(spec.stride for spec in specs)))
     shortcut = ResidualShortcut(in_channels, width, stride, groups)
@@ -154,7 +167,9 @@ class RACNN(nn.Module):
     """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens.
 
     ``attn_layer(channels)`` builds each RA block's attention (CBAM3d);
-    None turns attention off (the ablation).
+    None turns attention off (the ablation). ``block_kernel`` 3 gives the RA
+    blocks' unstrided convs a 3x3 (frequency, time) kernel: Table I's are
+    1x1 there, so no conv but the strided ones ever mixes neighbouring bins.
     """
 
     def __init__(
@@ -164,6 +179,7 @@ class RACNN(nn.Module):
         groups: int = 8,
         attn_layer: Callable[[int], nn.Module] | None = CBAM3d,
         conv1: str = "table1",
+        block_kernel: int = 1,
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
@@ -174,7 +190,7 @@ class RACNN(nn.Module):
         blocks, channels = [], widths[0]
         for specs, width in zip(RA_BLOCKS, widths):
             attention = attn_layer(width) if attn_layer else nn.Identity()
-            blocks.append(ra_block(specs, channels, width, groups, attention))
+            blocks.append(ra_block(specs, channels, width, groups, attention, block_kernel))
             channels = width
         self.ra1, self.ra2, self.ra3 = blocks
         self.avgpool = _pool(AVG_POOL, nn.AvgPool3d)
@@ -190,7 +206,7 @@ class RACNN(nn.Module):
                 spatial_kernel=cfg.spatial_kernel,
                 min_hidden=cfg.attention_min_hidden,
             )
-        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1)
+        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1, cfg.block_kernel)
 
     def table_i_layers(self) -> dict[str, nn.Module]:
         """Table I row name -> the module producing that row's output."""
