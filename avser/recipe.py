@@ -47,6 +47,10 @@ class OptimConfig:
     # Exponential moving average of the weights, evaluated and kept instead
     # of the raw weights; 0 is off.
     ema_decay: float = 0.0
+    # Speaker-adversarial training (avser.models.adversary): the gradient
+    # reversal's strength at full ramp; 0 is off. The network needs
+    # racnn.adversary_speakers (set from the training split by the jobs).
+    speaker_adversary: float = 0.0
     patience: int = 10  # early stopping: epochs without a better early_stop_metric
     early_stop_metric: str = "val_loss"  # val_loss (lower is better) | val_ua (higher)
     grad_clip: float = 5.0
@@ -67,6 +71,10 @@ class OptimConfig:
         if not 0 <= self.warmup_epochs < self.max_epochs:
             raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs} must lie in "
                               f"[0, max_epochs={self.max_epochs})")
+        if self.speaker_adversary < 0 or (self.speaker_adversary > 0 and self.mixup_alpha > 0):
+            raise ConfigError(f"optim.speaker_adversary ({self.speaker_adversary}) must be >= 0, "
+                              "and cannot be combined with optim.mixup_alpha (a mixed clip has "
+                              "two speakers)")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"optim.label_smoothing ({self.label_smoothing}) and "
                               f"optim.ema_decay ({self.ema_decay}) must lie in [0, 1)")

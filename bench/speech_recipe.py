@@ -102,8 +102,12 @@ def prepare(args: argparse.Namespace):
     parts, labels = split_frames(args.store, cfg, args.ship, args.exclude_speakers,
                                  args.speaker_norm)
     model_cfg.racnn.n_classes = len(labels)
+    speakers = sorted(map(str, parts["train"]["speaker"].unique()))
+    if cfg.optim.speaker_adversary > 0:
+        model_cfg.racnn.adversary_speakers = len(speakers)
     ctx = LoopContext(cfg=cfg, model_cfg=model_cfg, label_names=labels, run_name=args.name,
-                      tracking=TrackingInfo(experiment="none", uri="none", register=False))
+                      tracking=TrackingInfo(experiment="none", uri="none", register=False),
+                      train_speakers=speakers)
     return cfg, model_cfg, parts, ctx
 
 

@@ -361,8 +361,9 @@ def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, wo
     rows = feature_store.read_store(speech_store, ["clip_id", "face_jpegs", "landmarks"])
     assert rows["face_jpegs"].isna().all() and rows["landmarks"].isna().all()
 
+    # With a speaker adversary: its head trains inside Ray Train and stays out of the transfer.
     cfg = train_config(workdir / "ray", "pretrain", "stage=pretrain", "num_workers=1",
-                       "optim.max_epochs=1")
+                       "optim.max_epochs=1", "optim.speaker_adversary=0.5")
     (fold,) = run_training(cfg, speech_store).folds
     assert math.isfinite(fold.metrics["final_train_loss"])
 
@@ -376,6 +377,7 @@ def test_pretrain_registers_racnn_and_fusion_starts_from_it(ray_local, store, wo
     checkpoint = Path(fold.checkpoint_path)
     pretrained = torch.load(checkpoint / "model.pt", map_location="cpu")
     assert any(key.startswith("speech_head.") for key in pretrained), "a SpeechEmotionNet checkpoint"
+    assert any(key.startswith("speaker_adversary.") for key in pretrained)
 
     # jobs/train_fusion.py --init checkpoint:<folder> must reach the training config.
     job = load_job("train_fusion")

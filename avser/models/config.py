@@ -46,6 +46,10 @@ class RACNNConfig:
     block_kernel: int = 1  # RA blocks' unstrided convs: (frequency, time) kernel; Table I: 1
     head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
     head_hidden: int = 128  # bigru head: units per direction
+    # Speaker-adversarial head (avser.models.adversary): the number of training
+    # speakers it tells apart, set from the training split; 0 is none (the paper).
+    adversary_speakers: int = 0
+    adversary_hidden: int = 128
 
     def __post_init__(self) -> None:
         for key, value, choices in (("conv1", self.conv1, CONV1_KINDS),
@@ -60,6 +64,11 @@ class RACNNConfig:
             raise ConfigError(
                 f"racnn.groups={self.groups} must divide every width; {bad} do not "
                 "(GroupNorm splits channels into equal groups)"
+            )
+        if self.adversary_speakers < 0 or self.adversary_hidden < 1:
+            raise ConfigError(
+                f"racnn.adversary_speakers ({self.adversary_speakers}) must be >= 0 and "
+                f".adversary_hidden ({self.adversary_hidden}) >= 1"
             )
         if self.block_kernel < 1 or self.block_kernel % 2 == 0:
             raise ConfigError(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from avser.errors import ConfigError
+from avser.models.adversary import SpeakerAdversary
 from avser.models.attention import CBAM3d, ConvBlock3d
 from avser.models.config import ModelConfig, RACNNConfig
 
@@ -300,21 +301,38 @@ def speech_head(cfg: RACNNConfig) -> PooledHead:
 class SpeechEmotionNet(nn.Module):
     """RACNN + speech_head, trained on speech alone; ``forward`` -> (B, n_classes)
     logits, and with ``with_embedding`` also the (B, E) embedding the head's FC
-    reads (through ``forward``, so that DDP sees the call)."""
+    reads (through ``forward``, so that DDP sees the call).
 
-    def __init__(self, racnn: RACNN, speech_head: nn.Module) -> None:
+    With a ``speaker_adversary`` (training only), ``forward(...,
+    adversary_scale=s)`` also returns its speaker logits, read through a
+    gradient reversal of strength ``s``."""
+
+    def __init__(self, racnn: RACNN, speech_head: PooledHead,
+                 speaker_adversary: SpeakerAdversary | None = None) -> None:
         super().__init__()
         self.racnn = racnn
         self.speech_head = speech_head
+        self.speaker_adversary = speaker_adversary
 
     @classmethod
     def from_config(cls, cfg: RACNNConfig | ModelConfig) -> SpeechEmotionNet:
         cfg = cfg.racnn if isinstance(cfg, ModelConfig) else cfg
-        return cls(RACNN.from_config(cfg), speech_head(cfg))
+        head = speech_head(cfg)
+        adversary = None
+        if cfg.adversary_speakers:
+            adversary = SpeakerAdversary(head.fc.in_features, cfg.adversary_speakers,
+                                         cfg.adversary_hidden)
+        return cls(RACNN.from_config(cfg), head, adversary)
 
-    def forward(self, speech: torch.Tensor, with_embedding: bool = False):
+    def forward(self, speech: torch.Tensor, with_embedding: bool = False,
+                adversary_scale: float | None = None):
         embedding = self.embed(speech)
         logits = self.speech_head.fc(self.speech_head.drop(embedding))
+        if adversary_scale is not None:
+            if self.speaker_adversary is None:
+                raise ConfigError("adversary_scale given to a network without a speaker "
+                                  "adversary; set racnn.adversary_speakers")
+            return logits, embedding, self.speaker_adversary(embedding, adversary_scale)
         return (logits, embedding) if with_embedding else logits
 
     def embed(self, speech: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from avser import config as configlib
 from avser import recipe
 from avser.batches import collate
 from avser.features.augment import mixup
+from avser.models.adversary import adversary_scale
 from avser.features.config import FeatureConfig, RacnnInputConfig
 from avser.metrics import classification_report
 from avser.models.config import ModelConfig
@@ -41,6 +42,8 @@ class LoopContext:
     run_name: str
     tracking: TrackingInfo
     feature_cfg: FeatureConfig = field(default_factory=FeatureConfig)  # the store's
+    # The training split's speakers, in the speaker adversary's class order.
+    train_speakers: list[str] = field(default_factory=list)
 
     @classmethod
     def from_loop_config(cls, loop_config: dict[str, Any]) -> "LoopContext":
@@ -51,6 +54,7 @@ class LoopContext:
             run_name=loop_config["run_name"],
             tracking=configlib.from_dict(TrackingInfo, loop_config["tracking"]),
             feature_cfg=configlib.from_dict(FeatureConfig, loop_config.get("features")),
+            train_speakers=list(loop_config.get("train_speakers", [])),
         )
 
     @property
@@ -85,6 +89,36 @@ def augment_generator(ctx: LoopContext, epoch: int, rank: int) -> torch.Generato
     return torch.Generator().manual_seed((ctx.cfg.seed * 1_000_003 + epoch) * 1009 + rank)
 
 
+def speaker_indices(speakers, train_speakers: list[str]) -> torch.Tensor:
+    """Each clip's index among the training speakers (the adversary's classes)."""
+    order = {name: index for index, name in enumerate(train_speakers)}
+    missing = sorted({str(s) for s in speakers} - set(order))
+    if missing:
+        raise ValueError(f"speakers {missing} are not among the training speakers the "
+                         f"speaker adversary was built for ({train_speakers})")
+    return torch.tensor([order[str(s)] for s in speakers])
+
+
+def _adversarial_loss(model, raw, inputs, ctx: LoopContext, device, generator, epoch: int):
+    """Logits and emotion + speaker-adversary loss of one speech batch."""
+    optim = ctx.cfg.optim
+    scale = adversary_scale(optim.speaker_adversary, epoch / optim.max_epochs)
+    speech = inputs.speech(device, ctx.input_cfg, ctx.cfg.augment, generator)
+    logits, _, speaker_logits = model(speech, adversary_scale=scale)
+    targets = F.one_hot(inputs.labels.to(device), logits.shape[-1]).float()
+    speakers = speaker_indices(raw["speaker"], ctx.train_speakers).to(device)
+    loss = recipe.soft_cross_entropy(logits, targets, optim.label_smoothing)
+    return logits, loss + F.cross_entropy(speaker_logits.float(), speakers)
+
+
+def _training_loss(model, raw, inputs, ctx: LoopContext, device, generator, epoch: int):
+    """Logits and loss of one training batch."""
+    if ctx.stage.network == SPEECH and ctx.cfg.optim.speaker_adversary > 0:
+        return _adversarial_loss(model, raw, inputs, ctx, device, generator, epoch)
+    logits, targets = _training_logits(model, inputs, ctx, device, generator)
+    return logits, recipe.soft_cross_entropy(logits, targets, ctx.cfg.optim.label_smoothing)
+
+
 def _training_logits(model, inputs, ctx: LoopContext, device, generator):
     """Logits and soft targets of one training batch: augmented speech, and
     mixup of the speech input for a speech-only network."""
@@ -114,8 +148,7 @@ def train_one_epoch(model, optimizer, shard, ctx: LoopContext, device, epoch: in
         if seen_ids is not None:
             seen_ids.extend(str(c) for c in raw["clip_id"])
         with recipe.autocast(precision, device):
-            logits, targets = _training_logits(model, inputs, ctx, device, generator)
-        loss = recipe.soft_cross_entropy(logits, targets, optim.label_smoothing)
+            logits, loss = _training_loss(model, raw, inputs, ctx, device, generator, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)

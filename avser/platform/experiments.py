@@ -8,6 +8,7 @@ interrupted run from its last checkpoint instead of starting over.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from avser import config as configlib
 from avser.data import store as feature_store
 from avser.data.splits import Split, make_splits
-from avser.errors import AvserError
+from avser.errors import AvserError, ConfigError
 from avser.features.config import FeatureConfig
 from avser.models.config import ModelConfig
 from avser.platform import checkpoint, runs, storage, tracking
@@ -75,6 +76,19 @@ def label_names_of(meta: pd.DataFrame) -> list[str]:
 def model_config_for(cfg: TrainConfig, n_classes: int) -> ModelConfig:
     overrides = [*cfg.model_overrides, f"n_classes={n_classes}", f"racnn.n_classes={n_classes}"]
     return configlib.load_model_config(cfg.model_config, overrides)
+
+
+def with_speaker_adversary(cfg: TrainConfig, model_cfg: ModelConfig,
+                           n_speakers: int) -> ModelConfig:
+    """``model_cfg`` with a speaker-adversarial head over the training split's
+    ``n_speakers`` when the recipe asks for one (``optim.speaker_adversary``)."""
+    if cfg.optim.speaker_adversary <= 0:
+        return model_cfg
+    if n_speakers < 2:
+        raise ConfigError(f"optim.speaker_adversary needs at least 2 training speakers; the "
+                          f"split has {n_speakers}: set optim.speaker_adversary=0")
+    return dataclasses.replace(model_cfg, racnn=dataclasses.replace(
+        model_cfg.racnn, adversary_speakers=n_speakers))
 
 
 def _keep_live_rows(batch: pa.Table, keys: pa.Array) -> pa.Table:
@@ -237,10 +251,13 @@ def _run_fold(cfg, model_cfg, store, setup: runs.RunSetup, split: Split,
               info: TrackingInfo) -> FoldResult:
     from avser.platform.trainer import trainer_for  # imports ray.train
 
+    speakers = sorted(map(str, setup.meta["speaker"].iloc[list(split.train)].unique()))
+    model_cfg = with_speaker_adversary(cfg, model_cfg, len(speakers))
     run_name = run_name_for(cfg, model_cfg, split.name, setup.corpus, setup.data_hash)
     checkpoint.check_resume_of_run(cfg.storage_path, run_name, effective_config(cfg, model_cfg))
     loop_config = loop_config_for(cfg, model_cfg, setup.label_names, run_name, info,
                                   setup.feature_cfg)
+    loop_config["train_speakers"] = speakers  # the speaker adversary's classes, in order
     trainer = trainer_for(loop_config, datasets_for(store, setup.meta, split, cfg), cfg, run_name)
     with failed_run_marked(info.experiment, run_name, cfg):
         result = trainer.fit()
