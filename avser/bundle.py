@@ -3,7 +3,9 @@
 One ``torch.save`` file holds the state dict, the model config, the audio
 feature config and RACNN input settings the network was trained with, the
 label names, a model card and, when fitted, the speaker-adaptive readout
-(:mod:`avser.speaker_adapt`); no pickled classes. :func:`load_bundle`
+(:mod:`avser.speaker_adapt`); no pickled classes. A speech bundle may hold
+an ensemble of ``members`` networks of one architecture
+(:mod:`avser.models.ensemble`), read as one network. :func:`load_bundle`
 reads it with ``weights_only=True``, so loading runs no code. The shipped
 speech model (``avser/pretrained``) is such a file; a training run writes
 one into its final checkpoint and registers it with its model version.
@@ -21,7 +23,8 @@ from avser import config as configlib
 from avser.errors import AvserError
 from avser.features.config import AudioConfig, FeatureConfig, RacnnInputConfig
 from avser.models.config import ModelConfig
-from avser.models.factory import NETWORK_KINDS, build_network, racnn_input_config
+from avser.models.ensemble import SpeechEnsemble
+from avser.models.factory import NETWORK_KINDS, SPEECH, build_network, racnn_input_config
 
 BUNDLE_FORMAT = "avser-bundle/1"
 # The artifact a registered model keeps its bundle under (registry and pyfunc).
@@ -43,6 +46,7 @@ class ModelBundle:
     card: dict[str, Any]
     # The speaker-adaptive readout of a speech network (avser.speaker_adapt), if fitted.
     speaker_readout: dict[str, torch.Tensor] | None = None
+    members: int = 1  # > 1: a SpeechEnsemble of that many networks (state dict members.<i>.*)
 
     @property
     def audio_cfg(self) -> AudioConfig:
@@ -53,7 +57,8 @@ class ModelBundle:
         return racnn_input_config(self.model_cfg, self.segment_overlap)
 
     def network(self) -> torch.nn.Module:
-        net = build_network(self.kind, self.model_cfg)
+        nets = [build_network(self.kind, self.model_cfg) for _ in range(self.members)]
+        net = SpeechEnsemble(nets) if self.members > 1 else nets[0]
         net.load_state_dict(self.state_dict)
         return net.eval()
 
@@ -71,6 +76,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict.items()},
         "card": bundle.card,
         **({"speaker_readout": bundle.speaker_readout} if bundle.speaker_readout else {}),
+        **({"members": bundle.members} if bundle.members > 1 else {}),
     }, path)
     return path
 
@@ -92,6 +98,10 @@ def load_bundle(path: str | Path) -> ModelBundle:
                          "format?); re-export it with avser.predict.save_bundle")
     if raw["kind"] not in NETWORK_KINDS:
         raise AvserError(f"{path}: unknown model kind {raw['kind']!r}")
+    members = raw.get("members", 1)
+    if not isinstance(members, int) or members < 1 or (members > 1 and raw["kind"] != SPEECH):
+        raise AvserError(f"{path}: members={members!r}; an ensemble is a positive number of "
+                         f"{SPEECH} networks. Re-export it with bench/export_speech_model.py")
     return ModelBundle(
         kind=raw["kind"],
         model_cfg=configlib.from_dict(ModelConfig, raw["model_config"], f"{path}:model_config"),
@@ -101,6 +111,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         state_dict=raw["state_dict"],
         card=dict(raw.get("card") or {}),
         speaker_readout=raw.get("speaker_readout"),
+        members=members,
     )
 
 

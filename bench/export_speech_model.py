@@ -12,6 +12,11 @@ card's estimate of accuracy on new speakers. ``--speaker-readout`` also fits
 the speaker-adaptive readout (:mod:`avser.speaker_adapt`) on the run's
 training clips and puts it in the bundle; the card then gives that
 readout's estimate too, fitted and scored the same way on ``--estimate``.
+
+Several ``--run`` folders (seeds of one recipe and split) make an ensemble
+bundle (:mod:`avser.models.ensemble`); then ``--estimate`` names as many
+runs, seeds of the held-out-speaker run, and the card's estimate is their
+ensemble's test UA (the mean of their probabilities), scored the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from avser.bundle import DEFAULT_WEIGHTS, load_bundle, save_bundle
+from avser.metrics import classification_report
+from avser.models.ensemble import ensemble_state_dict
 
 LICENCE = ("CC BY-NC-SA 4.0: trained on RAVDESS (Livingstone & Russo 2018, "
            "https://zenodo.org/record/1188976), whose licence is CC BY-NC-SA 4.0; these "
@@ -33,8 +41,10 @@ LICENCE = ("CC BY-NC-SA 4.0: trained on RAVDESS (Livingstone & Russo 2018, "
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="the --ship run folder")
-    parser.add_argument("--estimate", required=True, help="the held-out-speaker run folder")
+    parser.add_argument("--run", required=True, nargs="+", type=Path,
+                        help="the --ship run folder(s): several make an ensemble")
+    parser.add_argument("--estimate", required=True, nargs="+", type=Path,
+                        help="the held-out-speaker run folder(s), as many as --run")
     parser.add_argument("--speaker-readout", action="store_true",
                         help="fit and ship the speaker-adaptive readout")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS))
@@ -51,25 +61,29 @@ def read_run(folder: Path) -> dict:
 HEADS = {"mean": "mean-pool", "bigru": "Bi-GRU", "bands": "per-frequency-band statistics"}
 
 
-def card_of(ship: dict, estimate: dict) -> dict:
-    est = estimate["result"]
+def card_of(ships: list[dict], estimates: list[dict], estimate_ua: dict | None = None) -> dict:
+    """The model card of one network or an ensemble (``ships``: one run each);
+    ``estimate_ua`` is the ensemble's measured test UA/WA (one run: its own)."""
+    ship, est = ships[0], estimate_ua or estimates[0]["result"]
+    speakers = estimates[0]["result"]["speakers"]
     head = HEADS[ship["model"]["racnn"].get("head", "mean")]
+    members = f"an ensemble of {len(ships)} seeds of " if len(ships) > 1 else ""
     return {
-        "model": f"RACNN (paper Table I layers) + {head} speech head, speech only",
+        "model": f"{members}RACNN (paper Table I layers) + {head} speech head, speech only",
         "racnn": ship["model"]["racnn"],
         "training_data": ("RAVDESS speech, actors 1-16 (16 kHz); training speakers "
                           f"{ship['result']['speakers']['train']}, validation (early stopping) "
                           f"{ship['result']['speakers']['val']}"),
         "recipe": {"optim": ship["train"]["optim"], "augment": ship["train"]["augment"],
                    "mixed_precision": ship["train"]["mixed_precision"]},
-        "validation_ua": ship["result"]["val_ua"],
+        "validation_ua": [run["result"]["val_ua"] for run in ships],
         "speaker_disjoint_estimate": {
             "test_ua": est["test_ua"], "test_wa": est["test_wa"],
-            "protocol": "speaker: trained on " + ", ".join(est["speakers"]["train"]) +
-                        "; validated on " + ", ".join(est["speakers"]["val"]) +
-                        "; tested once on " + ", ".join(est["speakers"]["test"]),
-            "command": estimate["command"]},
-        "command": ship["command"],
+            "protocol": "speaker: trained on " + ", ".join(speakers["train"]) +
+                        "; validated on " + ", ".join(speakers["val"]) +
+                        "; tested once on " + ", ".join(speakers["test"]),
+            "command": " ; ".join(run["command"] for run in estimates)},
+        "command": " ; ".join(run["command"] for run in ships),
         "licence": LICENCE,
     }
 
@@ -86,13 +100,18 @@ def card_markdown(name: str, card: dict) -> str:
   precision `{card['recipe']['mixed_precision']}`.
 - **Estimate on new speakers**: test UA **{est['test_ua']:.1%}** (WA {est['test_wa']:.1%}) with the same
   recipe under the `{est['protocol']}`. Made by `{est['command']}`.
-{_adaptive_line(card)}- **Validation UA** of this model (its early-stopping speakers): {card['validation_ua']:.1%}.
+{_adaptive_line(card)}- **Validation UA** of this model (its early-stopping speakers; per member): {_percents(card['validation_ua'])}.
 - **Made by**: `{card['command']}`, then `{card['exported_by']}`.
 - **Licence**: {card['licence']}.
 - **Use**: `avser predict FILE.wav` (this is the default model) or
   `avser evaluate --weights avser/pretrained/{name}.pt --manifest M.parquet`{_adaptive_use(card)}.
   Loaded with `torch.load(weights_only=True)`: the file holds tensors and plain values only.
 """
+
+
+def _percents(values) -> str:
+    values = values if isinstance(values, list) else [values]
+    return ", ".join(f"{v:.1%}" for v in values)
 
 
 def _adaptive_line(card: dict) -> str:
@@ -112,35 +131,81 @@ def _adaptive_use(card: dict) -> str:
             "`avser evaluate ... --speaker-adaptive`")
 
 
-def fit_readouts(run: Path, estimate: Path, card: dict):
-    """The speaker-adaptive readout fitted on ``run``'s training clips; the
-    card gains the same fit's test UA on ``estimate``'s split."""
+def bench_modules():
+    """bench/speech_readout.py and bench/speech_ensemble.py, run from the repository root
+    (the runs' commands name the store relative to it)."""
     bench = Path(__file__).resolve().parent
     sys.path.insert(0, str(bench))
-    os.chdir(bench.parent)  # the runs' commands name the store relative to the repository
-    from speech_readout import fit_readout, run_embeddings, ua
+    os.chdir(bench.parent)
+    import speech_ensemble
+    import speech_readout
 
+    return speech_readout, speech_ensemble
+
+
+def joint_embeddings(runs: list[Path]):
+    """The runs' embeddings side by side (the ensemble's), labels, speakers, label names."""
+    speech_readout, _ = bench_modules()
+    outputs = [speech_readout.run_embeddings(run) for run in runs]
+    embedded = {part: np.concatenate([out[0][part] for out in outputs], axis=1)
+                for part in outputs[0][0]}
+    _, labels, speakers, _, names = outputs[0]
+    return embedded, labels, speakers, names
+
+
+def ensemble_estimate(estimates: list[Path]) -> dict:
+    """Test UA and WA of the mean of the estimate runs' probabilities."""
+    _, speech_ensemble = bench_modules()
+    speech_ensemble.check_same_split(estimates)
+    runs = [speech_ensemble.probabilities(run) for run in estimates]
+    mean = sum(probs["test"] for probs, _, _ in runs) / len(runs)
+    _, labels, names = runs[0]
+    report = classification_report(labels["test"], mean.argmax(1), names)
+    return {"test_ua": report["ua"], "test_wa": report["wa"]}
+
+
+def fit_readouts(runs: list[Path], estimates: list[Path], card: dict):
+    """The speaker-adaptive readout fitted on the ``runs``' training clips; the
+    card gains the same fit's test UA on the ``estimates``' split."""
+    speech_readout, _ = bench_modules()
     from avser.speaker_adapt import PROTOCOL, speaker_readout_logits
 
-    embedded, labels, speakers, _, names = run_embeddings(estimate)
-    readout = fit_readout(embedded, labels, speakers, len(names))
+    embedded, labels, speakers, names = joint_embeddings(estimates)
+    readout = speech_readout.fit_readout(embedded, labels, speakers, len(names))
     predicted = speaker_readout_logits(readout, embedded["test"], speakers["test"], "test").argmax(1)
     card["speaker_adaptive_estimate"] = {"protocol": PROTOCOL,
-                                         "test_ua": ua(labels["test"], predicted, names)}
-    embedded, labels, speakers, _, names = run_embeddings(run)
-    return fit_readout(embedded, labels, speakers, len(names))
+                                         "test_ua": speech_readout.ua(labels["test"], predicted, names)}
+    embedded, labels, speakers, names = joint_embeddings(runs)
+    return speech_readout.fit_readout(embedded, labels, speakers, len(names))
+
+
+def ship_bundle(runs: list[Path]):
+    """The bundle of one run, or the ensemble bundle of several of one architecture."""
+    bundles = [load_bundle(run / "model.avser.pt") for run in runs]
+    first = bundles[0]
+    for run, other in zip(runs[1:], bundles[1:]):
+        if other.model_cfg != first.model_cfg or other.label_names != first.label_names:
+            raise SystemExit(f"{run}: another network or label set than {runs[0]}; "
+                             "an ensemble's members share both")
+    if len(bundles) > 1:
+        first.state_dict = ensemble_state_dict([b.state_dict for b in bundles])
+        first.members = len(bundles)
+    return first
 
 
 def main() -> None:
     args = parse_args()
+    if len(args.run) != len(args.estimate):
+        raise SystemExit(f"{len(args.run)} --run folders but {len(args.estimate)} --estimate "
+                         "folders: the estimate is of the same ensemble, seed for seed")
     out = Path(args.out).resolve()
-    ship, estimate = read_run(Path(args.run)), read_run(Path(args.estimate))
-    bundle = load_bundle(Path(args.run) / "model.avser.pt")
-    bundle.card = card_of(ship, estimate)
+    runs, estimates = [r.resolve() for r in args.run], [e.resolve() for e in args.estimate]
+    bundle = ship_bundle(runs)
+    measured = ensemble_estimate(estimates) if len(estimates) > 1 else None
+    bundle.card = card_of([read_run(r) for r in runs], [read_run(e) for e in estimates], measured)
     bundle.card["exported_by"] = " ".join(["python", "bench/export_speech_model.py", *sys.argv[1:]])
     if args.speaker_readout:
-        bundle.speaker_readout = fit_readouts(Path(args.run).resolve(), Path(args.estimate).resolve(),
-                                              bundle.card)
+        bundle.speaker_readout = fit_readouts(runs, estimates, bundle.card)
     out = save_bundle(bundle, out)
     out.with_suffix(".md").write_text(card_markdown(out.stem, bundle.card))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {out.with_suffix('.md')}")
