@@ -1,14 +1,16 @@
 """An ensemble of speech networks trained on the same split: their softmax
 probabilities averaged, against each network alone.
 
-    .venv/bin/python bench/speech_ensemble.py out/recipe/RUN_A out/recipe/RUN_B [...]
+    .venv/bin/python bench/speech_ensemble.py out/recipe/RUN_A out/recipe/RUN_B [...] \
+        [--confusion bench/figures/NAME-confusion-test.png]
 
 Each run folder is one made by ``bench/speech_recipe.py`` (``command.txt``
 rebuilds its split, ``model.avser.pt`` holds its best epoch's weights); the
 runs must share their split (the same speakers in train, validation and
 test), typically the same command under different ``seed`` values. The
 network readout of each run, and of the mean of their probabilities, is
-scored on validation and test; nothing is selected on test.
+scored on validation and test; nothing is selected on test. ``--confusion``
+writes the ensemble's test confusion matrix as a PNG.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from speech_readout import run_embeddings, ua  # noqa: E402
 
+from avser.metrics import classification_report, plot_confusion  # noqa: E402
+
 SCORED = ("val", "test")
 
 
@@ -34,6 +38,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of bench/speech_recipe.py")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--confusion", type=Path,
+                        help="write the ensemble's test confusion matrix to this PNG")
     return parser.parse_args()
 
 
@@ -76,6 +82,12 @@ def main() -> None:
         print(f"| `{run.name}` | {row[0]:.1f} | {row[1]:.1f} |", flush=True)
     row = [100 * ua(labels[n], summed[n].argmax(1), names) for n in SCORED]
     print(f"| mean of the {len(runs)} networks' probabilities | {row[0]:.1f} | {row[1]:.1f} |")
+    report = classification_report(labels["test"], summed["test"].argmax(1), names)
+    print(f"ensemble test: UA {report['ua']:.3f}, WA {report['wa']:.3f}, "
+          f"macro-F1 {report['macro_f1']:.3f}, {report['n']} clips")
+    if args.confusion:
+        title = f"ensemble of {len(runs)}: test (UA {report['ua']:.1%})"
+        print(f"wrote {plot_confusion(report['confusion'], names, args.confusion, title=title)}")
 
 
 if __name__ == "__main__":
