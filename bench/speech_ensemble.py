@@ -80,14 +80,19 @@ def main() -> None:
         summed = probs if summed is None else {n: summed[n] + probs[n] for n in SCORED}
         row = [100 * ua(labels[n], probs[n].argmax(1), names) for n in SCORED]
         print(f"| `{run.name}` | {row[0]:.1f} | {row[1]:.1f} |", flush=True)
-    row = [100 * ua(labels[n], summed[n].argmax(1), names) for n in SCORED]
-    print(f"| mean of the {len(runs)} networks' probabilities | {row[0]:.1f} | {row[1]:.1f} |")
-    report = classification_report(labels["test"], summed["test"].argmax(1), names)
-    print(f"ensemble test: UA {report['ua']:.3f}, WA {report['wa']:.3f}, "
-          f"macro-F1 {report['macro_f1']:.3f}, {report['n']} clips")
-    if args.confusion:
-        title = f"ensemble of {len(runs)}: test (UA {report['ua']:.1%})"
-        print(f"wrote {plot_confusion(report['confusion'], names, args.confusion, title=title)}")
+    report_ensemble(summed, labels, names, len(runs), args.confusion)
+
+
+def report_ensemble(summed: dict, labels: dict, names, n_runs: int, confusion: Path | None) -> None:
+    """The ensemble's table row, its test WA and macro-F1, and optionally its confusion PNG."""
+    test = classification_report(labels["test"], summed["test"].argmax(1), names)
+    val_ua = 100 * ua(labels["val"], summed["val"].argmax(1), names)
+    print(f"| mean of the {n_runs} networks' probabilities | {val_ua:.1f} | {100 * test['ua']:.1f} |")
+    print(f"ensemble test: UA {test['ua']:.3f}, WA {test['wa']:.3f}, "
+          f"macro-F1 {test['macro_f1']:.3f}, {test['n']} clips")
+    if confusion:
+        title = f"ensemble of {n_runs}: test (UA {test['ua']:.1%})"
+        print(f"wrote {plot_confusion(test['confusion'], names, confusion, title=title)}")
 
 
 if __name__ == "__main__":
