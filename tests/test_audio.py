@@ -22,6 +22,9 @@ from avser.errors import (
 )
 from avser.features.audio import load_audio, load_logmel, logmel, racnn_input
 from avser.features.config import AudioConfig, RacnnInputConfig
+from avser.features.racnn_input import trim_silence
+from avser.models.config import ModelConfig, RACNNConfig
+from avser.models.factory import racnn_input_config
 
 STEREO_48K = "ravdess-speech-48k-originals/03-01-02-01-01-02-01.wav"
 SPEECH_16K = "ravdess-speech-16k/Actor_01/03-01-01-01-01-01-01.flac"
@@ -348,6 +351,45 @@ def test_racnn_input_rejects_bad_input() -> None:
         racnn_input(random_logmels([10], 64) + random_logmels([10], 128))
     with pytest.raises(ValueError):
         racnn_input([])
+
+
+def clip_in_silence(speech: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """``speech`` (3, M, T) with ``before`` and ``after`` frames of -80 dB around it."""
+    channels, n_mels, _ = speech.shape
+    quiet = torch.full((channels, n_mels, before), -80.0), torch.full((channels, n_mels, after), -80.0)
+    return torch.cat([quiet[0], speech, quiet[1]], dim=-1)
+
+
+def test_trim_silence_keeps_the_voiced_span_and_its_margin() -> None:
+    (speech,) = random_logmels([30])
+    speech[0] = speech[0].clamp(-20.0, 0.0)  # loud: every frame within 30 dB of the peak
+    clips = [clip_in_silence(speech, 40, 25), clip_in_silence(speech, 0, 3)]
+    batch = torch.zeros(2, 3, 128, 95)
+    batch[0], batch[1, ..., :33] = clips[0], clips[1]
+    moved, frames = trim_silence(batch, torch.tensor([95, 33]), trim_db=30.0, pad_frames=2)
+    assert frames.tolist() == [34, 32]  # 2 frames of margin each side, clamped at the clip's start
+    torch.testing.assert_close(moved[0, ..., 2:32], speech)
+    torch.testing.assert_close(moved[1, ..., :30], speech)
+
+
+def test_trimmed_input_ignores_the_silence_around_speech() -> None:
+    (speech,) = random_logmels([60])
+    speech[0] = speech[0].clamp(-20.0, 0.0)
+    cfg = RacnnInputConfig(size=32, trim_db=30.0, trim_pad_frames=0)
+    padded = racnn_input([clip_in_silence(speech, 50, 70)], cfg)
+    torch.testing.assert_close(padded, racnn_input([speech], cfg), atol=1e-4, rtol=1e-4)
+    untrimmed = racnn_input([clip_in_silence(speech, 50, 70)], RacnnInputConfig(size=32))
+    assert (untrimmed - padded).abs().max() > 0.5
+
+
+def test_trim_is_part_of_the_model_config() -> None:
+    model_cfg = ModelConfig(racnn=RACNNConfig(trim_db=25.0))
+    assert racnn_input_config(model_cfg, 0.5).trim_db == 25.0
+    assert racnn_input_config(ModelConfig(), 0.5).trim_db is None  # the paper's: the whole clip
+    with pytest.raises(ConfigError, match="trim_db"):
+        RACNNConfig(trim_db=0.0)
+    with pytest.raises(ConfigError, match="trim_db"):
+        racnn_input(random_logmels([10]), RacnnInputConfig(trim_db=-5.0))
 
 
 @pytest.mark.gpu

@@ -44,6 +44,11 @@ class RacnnInputConfig:
     overlap: float = 0.5
     # Floor of the per-utterance standard deviation (a constant utterance -> zeros).
     min_std: float = 1e-5
+    # Trim leading and trailing silence: the segments cover the first to the
+    # last frame whose energy is within trim_db of the clip's loudest, widened
+    # by trim_pad_frames each side. None covers the whole clip (Table I's input).
+    trim_db: float | None = None
+    trim_pad_frames: int = 5
 
 
 @dataclass

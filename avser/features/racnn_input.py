@@ -8,6 +8,7 @@ log-mels (the Ray Data featurizers) never imports torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ from avser.features.config import RacnnInputConfig
 
 # Too coarse for the normalisation sums (the store keeps float16): computed in float32.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The static log-mel channel is 10 log10(power): dB -> natural log of power.
+_NEPER_PER_DB = math.log(10.0) / 10.0
 
 
 def racnn_input(
@@ -35,6 +38,11 @@ def racnn_input(
     batch ``(B, 3, n_mels, T)`` whose true lengths are ``lengths`` (all
     ``T`` when None).
 
+    0. With ``cfg.trim_db``, leading and trailing silence is cut: the clip
+       keeps its first to last frame whose energy (the static channel's mel
+       power summed over bins) is within ``trim_db`` of its loudest frame's,
+       widened by ``cfg.trim_pad_frames`` each side; what follows sees that
+       span as the clip.
     1. Per-utterance normalisation: each channel of each clip has its mean
        subtracted and is divided by its standard deviation, both over all
        mel bins and true frames of that clip (so padding never counts).
@@ -61,6 +69,8 @@ def racnn_input(
     _check_racnn_config(cfg)
     augment = augment if augment is not None and augment.enabled else None
     batch, frames = _padded_batch(logmels, lengths)
+    if cfg.trim_db is not None:
+        batch, frames = trim_silence(batch, frames, cfg.trim_db, cfg.trim_pad_frames)
     batch = _normalise_per_utterance(batch, frames, cfg.min_std)
     if augment is not None:
         batch = apply_masks(batch, frames, augment, generator)
@@ -83,6 +93,9 @@ def _check_racnn_config(cfg: RacnnInputConfig) -> None:
         )
     if not 0.0 <= cfg.overlap < 1.0:
         raise ConfigError(f"racnn_input.overlap must be in [0, 1), got {cfg.overlap}")
+    if (cfg.trim_db is not None and cfg.trim_db <= 0) or cfg.trim_pad_frames < 0:
+        raise ConfigError(f"racnn_input.trim_db ({cfg.trim_db}) must be > 0 or None and "
+                          f".trim_pad_frames ({cfg.trim_pad_frames}) >= 0")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -116,6 +129,25 @@ def _padded_batch(logmels, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     for index, clip in enumerate(clips):
         batch[index, ..., : clip.shape[-1]] = clip
     return batch, frames
+
+
+def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
+                 pad_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip of ``(B, 3, n_mels, T)`` moved to start at its first voiced frame,
+    and its new length: see step 0 of :func:`racnn_input`. Frames past the
+    new length are left as they fall; they count as padding from here on."""
+    time = torch.arange(batch.shape[-1], device=batch.device)
+    valid = time < frames[:, None]
+    energy = torch.logsumexp(batch[:, 0] * _NEPER_PER_DB, dim=1).masked_fill(~valid, -math.inf)
+    peak = energy.max(dim=1, keepdim=True).values
+    voiced = energy >= peak - trim_db * _NEPER_PER_DB
+    first = torch.where(voiced, time, batch.shape[-1]).min(dim=1).values
+    last = torch.where(voiced, time, -1).max(dim=1).values
+    first = (first - pad_frames).clamp_min(0)
+    last = torch.minimum(last + pad_frames, frames - 1)
+    index = (first[:, None] + time[None, :]).clamp_max(batch.shape[-1] - 1)
+    moved = batch.gather(-1, index[:, None, None, :].expand_as(batch))
+    return moved, last - first + 1
 
 
 def _normalise_per_utterance(

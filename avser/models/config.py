@@ -46,6 +46,11 @@ class RACNNConfig:
     block_kernel: int = 1  # RA blocks' unstrided convs: (frequency, time) kernel; Table I: 1
     head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
     head_hidden: int = 128  # bigru head: units per direction
+    # The input transform trims leading and trailing silence to the frames
+    # within trim_db of the clip's loudest (RacnnInputConfig.trim_db); None:
+    # the whole clip, as the paper. Part of the model: it must read new clips
+    # as it was trained.
+    trim_db: float | None = None
     # Speaker-adversarial head (avser.models.adversary): the number of training
     # speakers it tells apart, set from the training split; 0 is none (the paper).
     adversary_speakers: int = 0
@@ -75,6 +80,8 @@ class RACNNConfig:
                 f"racnn.block_kernel={self.block_kernel} must be odd and >= 1 (1 is Table I; "
                 "odd kernels are padded to keep Table I's output sizes)"
             )
+        if self.trim_db is not None and self.trim_db <= 0:
+            raise ConfigError(f"racnn.trim_db={self.trim_db} must be > 0 dB (or null: no trim)")
         if self.spatial_kernel % 2 == 0:
             raise ConfigError(
                 f"racnn.spatial_kernel={self.spatial_kernel} must be odd so the "
