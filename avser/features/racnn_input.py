@@ -131,11 +131,10 @@ def _padded_batch(logmels, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, frames
 
 
-def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
-                 pad_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each clip of ``(B, 3, n_mels, T)`` moved to start at its first voiced frame,
-    and its new length: see step 0 of :func:`racnn_input`. Frames past the
-    new length are left as they fall; they count as padding from here on."""
+def voiced_span(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
+                pad_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first frame, length) ``(B,)`` of each clip's voiced span in ``(B, 3, n_mels, T)``:
+    see step 0 of :func:`racnn_input`."""
     time = torch.arange(batch.shape[-1], device=batch.device)
     valid = time < frames[:, None]
     energy = torch.logsumexp(batch[:, 0] * _NEPER_PER_DB, dim=1).masked_fill(~valid, -math.inf)
@@ -145,9 +144,18 @@ def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
     last = torch.where(voiced, time, -1).max(dim=1).values
     first = (first - pad_frames).clamp_min(0)
     last = torch.minimum(last + pad_frames, frames - 1)
+    return first, last - first + 1
+
+
+def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
+                 pad_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip of ``(B, 3, n_mels, T)`` moved to start at its voiced span, and
+    the span's length. Frames past it are left as they fall; from here on
+    they count as padding."""
+    first, length = voiced_span(batch, frames, trim_db, pad_frames)
+    time = torch.arange(batch.shape[-1], device=batch.device)
     index = (first[:, None] + time[None, :]).clamp_max(batch.shape[-1] - 1)
-    moved = batch.gather(-1, index[:, None, None, :].expand_as(batch))
-    return moved, last - first + 1
+    return batch.gather(-1, index[:, None, None, :].expand_as(batch)), length
 
 
 def _normalise_per_utterance(
