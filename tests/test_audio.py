@@ -382,10 +382,24 @@ def test_trimmed_input_ignores_the_silence_around_speech() -> None:
     assert (untrimmed - padded).abs().max() > 0.5
 
 
-def test_trim_is_part_of_the_model_config() -> None:
+def test_bin_mean_removes_each_bins_long_term_level() -> None:
+    (clip,) = random_logmels([80])
+    tilt = torch.linspace(-30.0, 30.0, 128)[None, :, None]  # a per-bin offset: a spectral tilt
+    cfg = RacnnInputConfig(size=16, bin_mean=True)
+    torch.testing.assert_close(racnn_input([clip + tilt], cfg), racnn_input([clip], cfg),
+                               atol=1e-4, rtol=1e-4)
+    plain = RacnnInputConfig(size=16)
+    assert (racnn_input([clip + tilt], plain) - racnn_input([clip], plain)).abs().max() > 0.5
+    short, long = random_logmels([40, 300])
+    together = racnn_input([short, long], cfg)  # padding never counts in a bin's mean
+    torch.testing.assert_close(together[0], racnn_input([short], cfg)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_trim_and_bin_mean_are_part_of_the_model_config() -> None:
     model_cfg = ModelConfig(racnn=RACNNConfig(trim_db=25.0))
     assert racnn_input_config(model_cfg, 0.5).trim_db == 25.0
     assert racnn_input_config(ModelConfig(), 0.5).trim_db is None  # the paper's: the whole clip
+    assert racnn_input_config(ModelConfig(racnn=RACNNConfig(bin_mean=True)), 0.5).bin_mean
     with pytest.raises(ConfigError, match="trim_db"):
         RACNNConfig(trim_db=0.0)
     with pytest.raises(ConfigError, match="trim_db"):

@@ -49,6 +49,11 @@ class RacnnInputConfig:
     # by trim_pad_frames each side. None covers the whole clip (Table I's input).
     trim_db: float | None = None
     trim_pad_frames: int = 5
+    # Also subtract each mel bin's own mean over the clip (cepstral mean
+    # normalisation, on log-mels): removes the clip's long-term spectrum,
+    # which the speaker's vocal tract and the channel set. False: one mean
+    # per channel (the paper's input).
+    bin_mean: bool = False
 
 
 @dataclass

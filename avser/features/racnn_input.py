@@ -45,7 +45,9 @@ def racnn_input(
        span as the clip.
     1. Per-utterance normalisation: each channel of each clip has its mean
        subtracted and is divided by its standard deviation, both over all
-       mel bins and true frames of that clip (so padding never counts).
+       mel bins and true frames of that clip (so padding never counts);
+       with ``cfg.bin_mean`` each mel bin has its own mean over the true
+       frames subtracted instead.
     2. Segments: the utterance's ``T`` frames are cut into ``D`` segments of
        ``L = T / (1 + (D - 1)(1 - overlap))`` frames, starting every
        ``L (1 - overlap)`` frames: together they cover the utterance exactly,
@@ -71,7 +73,7 @@ def racnn_input(
     batch, frames = _padded_batch(logmels, lengths)
     if cfg.trim_db is not None:
         batch, frames = trim_silence(batch, frames, cfg.trim_db, cfg.trim_pad_frames)
-    batch = _normalise_per_utterance(batch, frames, cfg.min_std)
+    batch = _normalise_per_utterance(batch, frames, cfg.min_std, cfg.bin_mean)
     if augment is not None:
         batch = apply_masks(batch, frames, augment, generator)
     n_clips, channels, _, padded_len = batch.shape
@@ -159,14 +161,18 @@ def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
 
 
 def _normalise_per_utterance(
-    batch: torch.Tensor, frames: torch.Tensor, min_std: float
+    batch: torch.Tensor, frames: torch.Tensor, min_std: float, bin_mean: bool = False
 ) -> torch.Tensor:
-    """Zero mean, unit std per clip and channel, over true frames only; padding set to 0."""
+    """Zero mean (per clip and channel, or per mel bin too), unit std per clip
+    and channel, over true frames only; padding set to 0."""
     valid = torch.arange(batch.shape[-1], device=batch.device) < frames[:, None]
     valid = valid[:, None, None, :].to(batch.dtype)  # (B, 1, 1, T_max)
-    count = frames.to(batch.dtype)[:, None, None, None] * batch.shape[2]
-    mean = (batch * valid).sum(dim=(2, 3), keepdim=True) / count
+    mean_dims = (3,) if bin_mean else (2, 3)
+    mean_count = frames.to(batch.dtype)[:, None, None, None] * math.prod(
+        batch.shape[d] for d in mean_dims if d != 3)
+    mean = (batch * valid).sum(dim=mean_dims, keepdim=True) / mean_count
     centred = (batch - mean) * valid
+    count = frames.to(batch.dtype)[:, None, None, None] * batch.shape[2]
     std = (centred.square().sum(dim=(2, 3), keepdim=True) / count).sqrt()
     return centred / std.clamp_min(min_std)
 

@@ -51,6 +51,9 @@ class RACNNConfig:
     # the whole clip, as the paper. Part of the model: it must read new clips
     # as it was trained.
     trim_db: float | None = None
+    # The input transform subtracts each mel bin's mean over the clip
+    # (RacnnInputConfig.bin_mean); False: one mean per channel, as the paper.
+    bin_mean: bool = False
     # Speaker-adversarial head (avser.models.adversary): the number of training
     # speakers it tells apart, set from the training split; 0 is none (the paper).
     adversary_speakers: int = 0

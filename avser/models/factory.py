@@ -30,7 +30,8 @@ NETWORK_KINDS = (SPEECH, AUDIOVISUAL)
 def racnn_input_config(model_cfg: ModelConfig, overlap: float) -> RacnnInputConfig:
     """The input transform must produce exactly what the RACNN was sized for."""
     return RacnnInputConfig(segments=model_cfg.racnn.depth, size=model_cfg.racnn.input_size,
-                            overlap=overlap, trim_db=model_cfg.racnn.trim_db)
+                            overlap=overlap, trim_db=model_cfg.racnn.trim_db,
+                            bin_mean=model_cfg.racnn.bin_mean)
 
 
 def build_network(kind: str, model_cfg: ModelConfig,
