@@ -13,6 +13,7 @@ one into its final checkpoint and registers it with its model version.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ class ModelBundle:
         net = SpeechEnsemble(nets) if self.members > 1 else nets[0]
         net.load_state_dict(self.state_dict)
         return net.eval()
+
+
+def float16_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as float16 (half the file), others as they are;
+    ``ModelBundle.network`` loads them back into its float32 parameters."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:

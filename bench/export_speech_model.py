@@ -4,7 +4,7 @@ model: ``avser/pretrained/NAME.pt`` (a plain-data bundle) and ``NAME.md``
 
     .venv/bin/python bench/export_speech_model.py --run out/recipe/ship-112 \
         --estimate out/recipe/p112-mid-overlap5 [--speaker-readout] \
-        [--out avser/pretrained/racnn-ravdess-a01-16.pt]
+        [--float16] [--out avser/pretrained/racnn-ravdess-a01-16.pt]
 
 ``--run`` trained on every speaker but its validation ones; ``--estimate``
 is the same recipe's run with held-out test speakers: its test UA is the
@@ -17,6 +17,10 @@ Several ``--run`` folders (seeds of one recipe and split) make an ensemble
 bundle (:mod:`avser.models.ensemble`); then ``--estimate`` names as many
 runs, seeds of the held-out-speaker run, and the card's estimate is their
 ensemble's test UA (the mean of their probabilities), scored the same way.
+
+``--float16`` stores the network weights as float16, half the file: they
+are loaded back into float32, and the training and evaluation runs compute
+in bf16 autocast, whose 8-bit mantissa is coarser than float16's 11.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from avser.bundle import DEFAULT_WEIGHTS, load_bundle, save_bundle
+from avser.bundle import DEFAULT_WEIGHTS, float16_state, load_bundle, save_bundle
 from avser.metrics import classification_report
 from avser.models.ensemble import ensemble_state_dict
 
@@ -47,6 +51,8 @@ def parse_args() -> argparse.Namespace:
                         help="the held-out-speaker run folder(s), as many as --run")
     parser.add_argument("--speaker-readout", action="store_true",
                         help="fit and ship the speaker-adaptive readout")
+    parser.add_argument("--float16", action="store_true",
+                        help="store the network weights as float16 (half the file)")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS))
     return parser.parse_args()
 
@@ -206,6 +212,9 @@ def main() -> None:
     bundle.card["exported_by"] = " ".join(["python", "bench/export_speech_model.py", *sys.argv[1:]])
     if args.speaker_readout:
         bundle.speaker_readout = fit_readouts(runs, estimates, bundle.card)
+    if args.float16:
+        bundle.state_dict = float16_state(bundle.state_dict)
+        bundle.card["weights_dtype"] = "float16"
     out = save_bundle(bundle, out)
     out.with_suffix(".md").write_text(card_markdown(out.stem, bundle.card))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {out.with_suffix('.md')}")

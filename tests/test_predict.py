@@ -15,7 +15,7 @@ from avser.config import load_model_config
 from avser.errors import AvserError
 from avser.features.config import FeatureConfig, KeyframeConfig
 from avser.models.factory import build_network
-from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, load_bundle, save_bundle
+from avser.bundle import DEFAULT_WEIGHTS, ModelBundle, float16_state, load_bundle, save_bundle
 from avser.predict import FileInputs, FileReader, _visual_tensors, predict_files, probabilities
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,22 @@ def test_a_bundle_round_trips_with_the_same_probabilities(bundle_file) -> None:
     np.testing.assert_allclose(probabilities(loaded.network(), inputs, loaded),
                                probabilities(original.network(), inputs, original), rtol=1e-6)
     assert loaded.feature_cfg == original.feature_cfg
+
+
+def test_float16_weights_halve_the_file_and_keep_the_probabilities(tmp_path, bundle_file) -> None:
+    original = tiny_bundle()
+    half = tiny_bundle()
+    half.state_dict = float16_state(half.state_dict)
+    half_file = save_bundle(half, tmp_path / "half.avser.pt")
+    stored = torch.load(half_file, weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert half_file.stat().st_size < bundle_file.stat().st_size
+    loaded = load_bundle(half_file)
+    assert all(p.dtype == torch.float32 for p in loaded.network().parameters())
+    logmel = np.random.default_rng(1).normal(size=(3, 128, 150)).astype(np.float32)
+    np.testing.assert_allclose(probabilities(loaded.network(), [FileInputs(logmel)], loaded),
+                               probabilities(original.network(), [FileInputs(logmel)], original),
+                               atol=2e-3)
 
 
 def test_a_pickled_module_is_refused(tmp_path) -> None:
