@@ -100,7 +100,7 @@ def card_markdown(name: str, card: dict) -> str:
 
 - **What**: {card['model']}; input {card['racnn']['depth']} x {card['racnn']['input_size']} x
   {card['racnn']['input_size']} 3D log-mels (log-mel, delta, delta-delta), Conv1 `{card['racnn']['conv1']}`.
-  Classes: the eight RAVDESS emotions.
+  Classes: the eight RAVDESS emotions. Weights stored as {card.get('weights_dtype', 'float32')}.
 - **Training data**: {card['training_data']}.
 - **Recipe**: `{json.dumps(card['recipe']['optim'])}`; augmentation `{json.dumps(card['recipe']['augment'])}`;
   precision `{card['recipe']['mixed_precision']}`.
