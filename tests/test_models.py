@@ -21,6 +21,7 @@ from avser.models.fusion import AudioVisualSER
 from avser.models.racnn import (
     AVG_POOL,
     RACNN,
+    FrequencyCoordinate,
     SpeechEmotionNet,
     racnn_layer_shapes,
     racnn_token_shape,
@@ -142,6 +143,34 @@ def test_local_block_kernel_keeps_table_i_shapes_and_mixes_neighbours(tiny_cfg):
     assert reach[0].sum() == 1 and reach[1].sum() == 9
     with pytest.raises(ConfigError, match="block_kernel"):
         RACNNConfig(block_kernel=2)
+
+
+def test_frequency_coordinate_channel_spans_the_mel_axis_only():
+    x = torch.zeros(2, 3, 4, 6, 5)
+    out = FrequencyCoordinate()(x)
+    assert out.shape == (2, 4, 4, 6, 5)
+    assert torch.equal(out[:, :3], x)
+    coord = out[:, 3]
+    assert coord[0, 0, :, 0].tolist() == pytest.approx(torch.linspace(-1, 1, 6).tolist())
+    assert torch.equal(coord, coord[:, :1, :, :1].expand_as(coord))  # constant over depth, time
+
+
+def test_freq_coord_racnn_keeps_shapes_and_tells_heights_apart(tiny_cfg):
+    torch.manual_seed(0)
+    coord = RACNN.from_config(dataclasses.replace(tiny_cfg.racnn, freq_coord=True)).eval()
+    table_i = RACNN.from_config(tiny_cfg.racnn).eval()
+    assert coord.conv1.conv.in_channels == tiny_cfg.racnn.in_channels + 1
+    x = torch.zeros(1, 3, tiny_cfg.racnn.depth, 64, 64)
+    with torch.no_grad():
+        assert coord(x).shape == table_i(x).shape
+        # Conv1 alone: one 2x2 patch of ones, low and then high on the frequency axis.
+        # Table I's Conv1 gives the two the same response; with the coordinate they differ.
+        low, high = torch.zeros(2, 3, 3, 8, 8)
+        low[:, :, 0:2, 0:2], high[:, :, 6:8, 0:2] = 1.0, 1.0
+        plain = [table_i.conv1.conv(p[None])[0, :, 0] for p in (low, high)]
+        placed = [coord.conv1.conv(coord.freq_coord(p[None]))[0, :, 0] for p in (low, high)]
+    assert torch.allclose(plain[0][:, 0, 0], plain[1][:, 3, 0])
+    assert not torch.allclose(placed[0][:, 0, 0], placed[1][:, 3, 0])
 
 
 def test_speech_emotion_net_logits(tiny_cfg):

@@ -44,6 +44,9 @@ class RACNNConfig:
     dropout: float = 0.3  # before the speech_head's FC
     conv1: str = "table1"  # one of CONV1_KINDS
     block_kernel: int = 1  # RA blocks' unstrided convs: (frequency, time) kernel; Table I: 1
+    # Conv1 also reads a channel holding each row's frequency position (CoordConv
+    # on the mel axis, avser.models.racnn.FrequencyCoordinate); False: Table I.
+    freq_coord: bool = False
     head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
     head_hidden: int = 128  # bigru head: units per direction
     # The input transform trims leading and trailing silence to the frames

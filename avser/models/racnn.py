@@ -164,6 +164,23 @@ def ra_block(
     return ResidualAttentionBlock(convs, attention, shortcut)
 
 
+class FrequencyCoordinate(nn.Module):
+    """Appends one channel holding each row's position on the frequency (height)
+    axis, from -1 (the lowest mel bin) to 1, the same at every time position.
+
+    Table I's convolutions are shift-equivariant with valid padding and its RA
+    blocks are 1x1 in (frequency, time), so no layer knows where in frequency a
+    pattern lies: the same shape at 150 Hz (pitch) and at 2 kHz (a formant)
+    gives the same feature. CoordConv (Liu et al. 2018) gives the first layer
+    that position; the bands head gives it only at the end.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, depth, height, width = x.shape
+        rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
+        return torch.cat([x, rows.view(1, 1, 1, height, 1).expand(batch, 1, depth, height, width)], 1)
+
+
 class RACNN(nn.Module):
     """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens.
 
@@ -171,6 +188,7 @@ class RACNN(nn.Module):
     None turns attention off (the ablation). ``block_kernel`` 3 gives the RA
     blocks' unstrided convs a 3x3 (frequency, time) kernel: Table I's are
     1x1 there, so no conv but the strided ones ever mixes neighbouring bins.
+    ``freq_coord`` gives Conv1 a frequency-position channel (FrequencyCoordinate).
     """
 
     def __init__(
@@ -181,11 +199,13 @@ class RACNN(nn.Module):
         attn_layer: Callable[[int], nn.Module] | None = CBAM3d,
         conv1: str = "table1",
         block_kernel: int = 1,
+        freq_coord: bool = False,
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
+        self.freq_coord = FrequencyCoordinate() if freq_coord else None
         spec, padding = (CONV1_OVERLAP, CONV1_OVERLAP_PADDING) if conv1 == "overlap5" else (CONV1, 0)
-        self.conv1 = ConvBlock3d(in_channels, widths[0], spec.kernel, spec.stride, groups,
+        self.conv1 = ConvBlock3d(in_channels + int(freq_coord), widths[0], spec.kernel, spec.stride, groups,
                                  padding=padding)
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
         blocks, channels = [], widths[0]
@@ -207,7 +227,8 @@ class RACNN(nn.Module):
                 spatial_kernel=cfg.spatial_kernel,
                 min_hidden=cfg.attention_min_hidden,
             )
-        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1, cfg.block_kernel)
+        return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1, cfg.block_kernel,
+                   cfg.freq_coord)
 
     def table_i_layers(self) -> dict[str, nn.Module]:
         """Table I row name -> the module producing that row's output."""
@@ -219,6 +240,8 @@ class RACNN(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, D, S, S) -> last feature map (B, C, D', H', W')."""
+        if self.freq_coord is not None:
+            x = self.freq_coord(x)
         x = self.maxpool(self.conv1(x))
         return self.avgpool(self.ra3(self.ra2(self.ra1(x))))
 
