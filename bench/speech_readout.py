@@ -57,14 +57,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_embeddings(run: Path):
+def run_embeddings(run: Path, weights: Path | None = None):
     """({part: embeddings}, {part: labels}, {part: speakers}, {part: network logits}, label
-    names) of a run folder's best weights on its own split (rebuilt from ``command.txt``)."""
+    names) of a run folder's best weights on its own split (rebuilt from ``command.txt``);
+    ``weights``: another bundle's network on that split."""
     argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
     args = speech_recipe.parse_args(argv)
     _, _, frames, ctx = speech_recipe.prepare(args)
     parts = {name: rows for name, rows in frames.items() if len(rows)}
-    model, cpu = load_bundle(run / "model.avser.pt").network(), torch.device("cpu")
+    model, cpu = load_bundle(weights or run / "model.avser.pt").network(), torch.device("cpu")
     preds = {n: predict(model, FrameBatches(rows), ctx, cpu) for n, rows in parts.items()}
     return ({n: p["hybrid"] for n, p in preds.items()}, {n: p["labels"] for n, p in preds.items()},
             {n: p["speaker"] for n, p in preds.items()}, {n: p["logits"] for n, p in preds.items()},

@@ -11,7 +11,7 @@ import torch
 from avser import cli
 from avser.bundle import ModelBundle, load_bundle, save_bundle
 from avser.errors import AvserError, ConfigError
-from avser.models.ensemble import SpeechEnsemble, ensemble_state_dict
+from avser.models.ensemble import SpeechEnsemble, ensemble_state_dict, member_state_dicts
 from avser.models.factory import build_network
 from avser.speaker_adapt import SpeakerReadoutConfig, fit_speaker_readout
 
@@ -62,6 +62,23 @@ def test_an_ensemble_bundle_round_trips(tmp_path) -> None:
         torch.testing.assert_close(loaded.network()(speech), ensemble(speech))
     single = load_bundle(save_bundle(tiny_bundle(), tmp_path / "one.pt"))
     assert single.members == 1 and not isinstance(single.network(), SpeechEnsemble)
+
+
+def test_an_ensembles_members_come_apart_and_join_a_new_one() -> None:
+    bundle, ensemble = ensemble_bundle(2)
+    parts = member_state_dicts(bundle.state_dict, bundle.members)
+    _, nets = members(3)  # seeds 0, 1 are the ensemble's members; seed 2 joins them
+    for part, net in zip(parts, nets):
+        assert part.keys() == net.state_dict().keys()
+        assert all(torch.equal(part[k], v) for k, v in net.state_dict().items())
+    joined = SpeechEnsemble([build_network("speech", bundle.model_cfg) for _ in range(3)]).eval()
+    joined.load_state_dict(ensemble_state_dict([*parts, nets[2].state_dict()]))
+    speech = speech_batch(bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(joined(speech), SpeechEnsemble(nets).eval()(speech))
+    assert member_state_dicts(nets[0].state_dict(), 1)[0].keys() == nets[0].state_dict().keys()
+    with pytest.raises(ConfigError, match="members"):
+        member_state_dicts({**bundle.state_dict, "stray.weight": torch.zeros(1)}, 2)
 
 
 def test_a_bad_member_count_is_refused(tmp_path) -> None:

@@ -42,3 +42,17 @@ def ensemble_state_dict(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     """Members' state dicts as one ``SpeechEnsemble`` state dict (``members.<i>.*``)."""
     return {f"members.{i}.{key}": value for i, state in enumerate(states)
             for key, value in state.items()}
+
+
+def member_state_dicts(state: dict[str, torch.Tensor], members: int) -> list[dict[str, torch.Tensor]]:
+    """The inverse of :func:`ensemble_state_dict`: each member's own state dict (one
+    network's ``state`` as is when ``members`` is 1), so that members of an exported
+    ensemble can join another."""
+    if members == 1:
+        return [dict(state)]
+    parts = [{key.split(".", 2)[2]: value for key, value in state.items()
+              if key.startswith(f"members.{i}.")} for i in range(members)]
+    if sum(map(len, parts)) != len(state) or not all(parts):
+        raise ConfigError(f"a state dict of {members} ensemble members holds keys outside "
+                          f"members.0 .. members.{members - 1}, or a member without any")
+    return parts
