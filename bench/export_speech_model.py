@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
 def read_run(folder: Path) -> dict:
     if folder.is_file():  # an exported bundle: its card tells how its members were made
         card = load_bundle(folder).card
-        return {"bundle": card, "command": card["command"],
+        return {"bundle": card, "path": folder, "command": card["command"],
                 "result": {"val_ua": card["validation_ua"]}}
     return {"result": json.loads((folder / "result.json").read_text()),
             "train": yaml.safe_load((folder / "train.yaml").read_text()),
@@ -98,9 +98,8 @@ def card_of(ships: list[dict], members: int, estimate: dict) -> dict:
     for run in ships:
         if "bundle" in run and (run["bundle"]["training_data"], run["bundle"]["recipe"]) != (
                 training_data, recipe):
-            raise SystemExit(f"a --run bundle was trained on other speakers or with another "
-                             f"recipe than {ship['command'].split(' --name ')[-1].split()[0]}; "
-                             "an ensemble's members share both")
+            raise SystemExit(f"{run['path']}: trained on other speakers or with another recipe "
+                             "than the --run folders; an ensemble's members share both")
     speakers = estimate["speakers"]
     return {
         "model": (f"an ensemble of {members} seeds of " if members > 1 else "") +

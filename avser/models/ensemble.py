@@ -44,7 +44,8 @@ def ensemble_state_dict(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
             for key, value in state.items()}
 
 
-def member_state_dicts(state: dict[str, torch.Tensor], members: int) -> list[dict[str, torch.Tensor]]:
+def member_state_dicts(state: dict[str, torch.Tensor],
+                       members: int) -> list[dict[str, torch.Tensor]]:
     """The inverse of :func:`ensemble_state_dict`: each member's own state dict (one
     network's ``state`` as is when ``members`` is 1), so that members of an exported
     ensemble can join another."""

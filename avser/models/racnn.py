@@ -178,7 +178,8 @@ class FrequencyCoordinate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, depth, height, width = x.shape
         rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
-        return torch.cat([x, rows.view(1, 1, 1, height, 1).expand(batch, 1, depth, height, width)], 1)
+        coordinate = rows.view(1, 1, 1, height, 1).expand(batch, 1, depth, height, width)
+        return torch.cat([x, coordinate], dim=1)
 
 
 class RACNN(nn.Module):
@@ -205,8 +206,8 @@ class RACNN(nn.Module):
         self.out_channels = widths[-1]
         self.freq_coord = FrequencyCoordinate() if freq_coord else None
         spec, padding = (CONV1_OVERLAP, CONV1_OVERLAP_PADDING) if conv1 == "overlap5" else (CONV1, 0)
-        self.conv1 = ConvBlock3d(in_channels + int(freq_coord), widths[0], spec.kernel, spec.stride, groups,
-                                 padding=padding)
+        self.conv1 = ConvBlock3d(in_channels + int(freq_coord), widths[0], spec.kernel,
+                                 spec.stride, groups, padding=padding)
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
         blocks, channels = [], widths[0]
         for specs, width in zip(RA_BLOCKS, widths):
