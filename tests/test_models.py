@@ -173,6 +173,23 @@ def test_freq_coord_racnn_keeps_shapes_and_tells_heights_apart(tiny_cfg):
     assert not torch.allclose(placed[0][:, 0, 0], placed[1][:, 3, 0])
 
 
+def test_fine_band_head_reads_conv7_before_the_final_pool(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg.racnn, head="bands_fine", dropout=0.0)
+    net = SpeechEmotionNet.from_config(cfg).eval()
+    shapes = racnn_layer_shapes(cfg)
+    _, fine_bands, _, channels = shapes["Conv7"]  # the Table I row before the average pool
+    assert fine_bands > shapes[AVG_POOL.name][1]
+    assert net.speech_head.fc.in_features == 2 * fine_bands * channels
+    speech = make_batch(tiny_cfg, 3)[0]
+    with torch.no_grad():
+        expected = net.speech_head.embed(net.racnn(speech, final_pool=False))
+        assert torch.allclose(net.embed(speech), expected)
+    assert net(speech).shape == (3, cfg.n_classes)
+    # The RACNN itself is unchanged: its weights load into a bands-head network.
+    coarse = SpeechEmotionNet.from_config(dataclasses.replace(cfg, head="bands"))
+    coarse.racnn.load_state_dict(net.racnn.state_dict())
+
+
 def test_speech_emotion_net_logits(tiny_cfg):
     net = SpeechEmotionNet.from_config(tiny_cfg)
     speech = make_batch(tiny_cfg, 3)[0]

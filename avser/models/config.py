@@ -22,8 +22,11 @@ VARIANTS = ("speech", "speech_appearance", "speech_geometry", "full", "vision")
 CONV1_KINDS = ("table1", "overlap5")
 # The pretraining speech head: mean over the 147 tokens, a Bi-GRU over them, or
 # "bands": mean and std over time of each frequency band's tokens (a head that
-# knows where in frequency a pattern lies; the mean over all tokens does not).
-SPEECH_HEADS = ("mean", "bigru", "bands")
+# knows where in frequency a pattern lies; the mean over all tokens does not),
+# or "bands_fine": the same statistics of Conv7's map, before Table I's final
+# average pool, which halves the bands (at input 112 it keeps 3 of Conv7's 7
+# and drops the 7th).
+SPEECH_HEADS = ("mean", "bigru", "bands", "bands_fine")
 
 
 @dataclass

@@ -239,22 +239,26 @@ class RACNN(nn.Module):
         layers[AVG_POOL.name] = self.avgpool
         return layers
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, D, S, S) -> last feature map (B, C, D', H', W')."""
+    def forward_features(self, x: torch.Tensor, final_pool: bool = True) -> torch.Tensor:
+        """(B, 3, D, S, S) -> last feature map (B, C, D', H', W'); without
+        ``final_pool``, Conv7's map, before Table I's average pool."""
         if self.freq_coord is not None:
             x = self.freq_coord(x)
-        x = self.maxpool(self.conv1(x))
-        return self.avgpool(self.ra3(self.ra2(self.ra1(x))))
+        x = self.ra3(self.ra2(self.ra1(self.maxpool(self.conv1(x)))))
+        return self.avgpool(x) if final_pool else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, final_pool: bool = True) -> torch.Tensor:
         """(B, 3, D, S, S) -> (B, D'*H'*W', C) tokens in (depth, height, width) order."""
-        return self.forward_features(x).flatten(2).transpose(1, 2)
+        return self.forward_features(x, final_pool).flatten(2).transpose(1, 2)
 
 
 class PooledHead(nn.Module):
     """A speech head: ``embed`` pools the (B, T, C) tokens to one (B, E) vector
     per clip, then dropout and an FC give the logits. The embedding is what
-    a readout other than the FC (``avser.speaker_adapt``) reads."""
+    a readout other than the FC (``avser.speaker_adapt``) reads. A head with
+    ``final_pool`` False reads Conv7's tokens, before Table I's average pool."""
+
+    final_pool = True
 
     def __init__(self, embed_dim: int, n_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -301,9 +305,11 @@ class BandStatisticsHead(PooledHead):
     emotion (an SVM on them: ``bench/speech_baseline.py``).
     """
 
-    def __init__(self, grid: Triple, channels: int, n_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, grid: Triple, channels: int, n_classes: int, dropout: float = 0.0,
+                 final_pool: bool = True) -> None:
         super().__init__(2 * grid[1] * channels, n_classes, dropout)
         self.grid = grid
+        self.final_pool = final_pool
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         depth, bands, width = self.grid
@@ -314,9 +320,11 @@ class BandStatisticsHead(PooledHead):
 
 
 def speech_head(cfg: RACNNConfig) -> PooledHead:
-    if cfg.head == "bands":
-        *grid, channels = racnn_layer_shapes(cfg)[AVG_POOL.name]
-        return BandStatisticsHead(tuple(grid), channels, cfg.n_classes, cfg.dropout)
+    if cfg.head in ("bands", "bands_fine"):
+        final_pool = cfg.head == "bands"
+        layer = AVG_POOL.name if final_pool else TABLE_I[-2].name
+        *grid, channels = racnn_layer_shapes(cfg)[layer]
+        return BandStatisticsHead(tuple(grid), channels, cfg.n_classes, cfg.dropout, final_pool)
     if cfg.head == "bigru":
         return BiGRUSpeechHead(cfg.widths[-1], cfg.n_classes, cfg.head_hidden, cfg.dropout)
     return MeanTokenHead(cfg.widths[-1], cfg.n_classes, cfg.dropout)
@@ -361,7 +369,7 @@ class SpeechEmotionNet(nn.Module):
 
     def embed(self, speech: torch.Tensor) -> torch.Tensor:
         """(B, E): what the head's FC reads."""
-        return self.speech_head.embed(self.racnn(speech))
+        return self.speech_head.embed(self.racnn(speech, self.speech_head.final_pool))
 
 
 def racnn_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
