@@ -81,7 +81,8 @@ def read_run(folder: Path) -> dict:
             "command": (folder / "command.txt").read_text().strip()}
 
 
-HEADS = {"mean": "mean-pool", "bigru": "Bi-GRU", "bands": "per-frequency-band statistics"}
+HEADS = {"mean": "mean-pool", "bigru": "Bi-GRU", "bands": "per-frequency-band statistics",
+         "bands_fine": "per-frequency-band statistics (before the final pool)"}
 
 
 def card_of(ships: list[dict], members: int, estimate: dict) -> dict:
