@@ -322,8 +322,8 @@ class BandStatisticsHead(PooledHead):
 def speech_head(cfg: RACNNConfig) -> PooledHead:
     if cfg.head in ("bands", "bands_fine"):
         final_pool = cfg.head == "bands"
-        layer = AVG_POOL.name if final_pool else TABLE_I[-2].name
-        *grid, channels = racnn_layer_shapes(cfg)[layer]
+        last_conv = RA_BLOCKS[-1][-1]  # Conv7, the map Table I's average pool reads
+        *grid, channels = racnn_layer_shapes(cfg)[(AVG_POOL if final_pool else last_conv).name]
         return BandStatisticsHead(tuple(grid), channels, cfg.n_classes, cfg.dropout, final_pool)
     if cfg.head == "bigru":
         return BiGRUSpeechHead(cfg.widths[-1], cfg.n_classes, cfg.head_hidden, cfg.dropout)
