@@ -13,7 +13,12 @@ store's own log-mels (static, delta, delta-delta), with per-clip statistics
 - ``normalised``: from the log-mels normalised as the network's input is;
 - ``normalised + level``: the same with the 6 numbers the normalisation
   removes (each channel's mean and std) appended;
-- ``level only``: those 6 numbers.
+- ``level only``: those 6 numbers;
+- ``cepstra of raw`` and ``cepstra of normalised``: the first
+  ``N_CEPSTRA`` coefficients of the static and delta channels' DCT along
+  the mel axis (MFCCs of the stored log-mels, and of the network's own
+  input): the static's mean and std over time, the delta's std, as the
+  reference SVM's MFCC features are.
 
 Each is scored by the reference SVM over ``random`` (5 seeds) and
 ``speaker`` (6 actor-disjoint folds), mean +- std of test UA; the SVM's C is
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.fft import dct
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -39,6 +45,8 @@ from avser import config as configlib  # noqa: E402
 from avser.data.splits import make_splits  # noqa: E402
 from avser.data.store import decode_logmel, read_ok_rows  # noqa: E402
 from avser.platform.config import TrainConfig  # noqa: E402
+
+N_CEPSTRA = 40  # as the reference's 40 MFCCs
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +67,16 @@ def clip_features(logmel: np.ndarray) -> dict[str, np.ndarray]:
     bins = {name: np.concatenate([x.mean(axis=2).ravel(), x.std(axis=2).ravel()])
             for name, x in (("raw", logmel), ("normalised", normalised))}
     return {**bins, "normalised + level": np.concatenate([bins["normalised"], level]),
-            "level only": level}
+            "level only": level,
+            "cepstra of raw": cepstral_statistics(logmel),
+            "cepstra of normalised": cepstral_statistics(normalised)}
+
+
+def cepstral_statistics(logmel: np.ndarray) -> np.ndarray:
+    """MFCC-style statistics of a ``(3, n_mels, T)`` log-mel (see the module doc)."""
+    cepstra = dct(logmel[:2], type=2, axis=1, norm="ortho")[:, :N_CEPSTRA]
+    return np.concatenate([cepstra[0].mean(axis=1), cepstra[0].std(axis=1),
+                           cepstra[1].std(axis=1)])
 
 
 def main() -> None:
