@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -61,8 +60,7 @@ def run_embeddings(run: Path, weights: Path | None = None):
     """({part: embeddings}, {part: labels}, {part: speakers}, {part: network logits}, label
     names) of a run folder's best weights on its own split (rebuilt from ``command.txt``);
     ``weights``: another bundle's network on that split."""
-    argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
-    args = speech_recipe.parse_args(argv)
+    args = speech_recipe.run_args(run)
     _, _, frames, ctx = speech_recipe.prepare(args)
     parts = {name: rows for name, rows in frames.items() if len(rows)}
     model, cpu = load_bundle(weights or run / "model.avser.pt").network(), torch.device("cpu")

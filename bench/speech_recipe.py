@@ -93,6 +93,12 @@ def split_frames(store: str, cfg, ship: bool = False, exclude: str = "", speaker
     return parts, label_names_of(frame)
 
 
+def run_args(run: Path) -> argparse.Namespace:
+    """The arguments a run folder was made with (its ``command.txt``)."""
+    argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
+    return parse_args(argv)
+
+
 def prepare(args: argparse.Namespace):
     """(train config, model config, {train, val, test} store rows, loop context) of a run."""
     from avser.platform.epochs import LoopContext

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -58,8 +57,7 @@ def parse_args() -> argparse.Namespace:
 
 def split_clip_ids(run: Path) -> dict[str, list[str]]:
     """{part: clip ids}, in the order the networks are scored in."""
-    argv = shlex.split((run / "command.txt").read_text())[2:]  # drop "python bench/speech_recipe.py"
-    _, _, frames, _ = speech_recipe.prepare(speech_recipe.parse_args(argv))
+    _, _, frames, _ = speech_recipe.prepare(speech_recipe.run_args(run))
     return {name: list(frames[name]["clip_id"]) for name in ("train", *SCORED)}
 
 

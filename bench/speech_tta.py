@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def probabilities(model, rows, ctx, augment: SpeechAugmentConfig | None, seed: i
 
 def run_views(run: Path, n_views: int) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """{view name: (N, C) mean probabilities} on the run's validation clips, labels, names."""
-    args = speech_recipe.parse_args(shlex.split((run / "command.txt").read_text())[2:])
+    args = speech_recipe.run_args(run)
     _, _, frames, ctx = speech_recipe.prepare(args)
     model = load_bundle(run / "model.avser.pt").network()
     clean, labels = probabilities(model, frames["val"], ctx, None, 0)
