@@ -63,12 +63,19 @@ def probabilities(run: Path):
     return probs, {n: np.asarray(labels[n]) for n in SCORED}, names
 
 
-def main() -> None:
-    args = parse_args()
-    runs = [run.resolve() for run in args.runs]
+def open_runs(folders: list[Path], threads: int) -> list[Path]:
+    """The run folders, absolute and checked to share one split; the process set up
+    to score them (the working directory their commands assume, torch threads)."""
+    runs = [run.resolve() for run in folders]
     check_same_split(runs)
     os.chdir(REPO)  # the runs' commands name the store relative to the repository
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
+    runs = open_runs(args.runs, args.threads)
     print("| run | val UA | test UA |")
     print("| --- | ---: | ---: |")
     summed, labels, names = None, None, None

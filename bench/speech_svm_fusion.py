@@ -21,19 +21,17 @@ only, so that validation can choose the mixing weight. Rows:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import speech_recipe  # noqa: E402  (the runs' split)
 from speech_baseline import SVM_C, clip_statistics  # noqa: E402
-from speech_ensemble import check_same_split, probabilities  # noqa: E402
+from speech_ensemble import open_runs, probabilities  # noqa: E402
 from speech_readout import ua  # noqa: E402
 from sklearn.calibration import CalibratedClassifierCV  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -90,10 +88,7 @@ def mixed(networks: dict, svm: dict, weight: float) -> dict[str, np.ndarray]:
 
 def main() -> None:
     args = parse_args()
-    runs = [run.resolve() for run in args.runs]
-    check_same_split(runs)
-    os.chdir(REPO)  # the runs' commands name the store relative to the repository
-    torch.set_num_threads(args.threads)
+    runs = open_runs(args.runs, args.threads)
     per_run = [probabilities(run) for run in runs]
     names, labels = per_run[0][2], per_run[0][1]
     networks = {n: np.mean([probs[n] for probs, _, _ in per_run], axis=0) for n in SCORED}
