@@ -7,7 +7,7 @@ The network never sees a clip's level: ``racnn_input`` subtracts each
 channel's mean over all mel bins and frames and divides by its std. Whether
 that discards a cue the classical reference uses is measured here on the
 store's own log-mels (static, delta, delta-delta), with per-clip statistics
-(each mel bin's mean and std over time, per channel) in four variants:
+(each mel bin's mean and std over time, per channel) in these variants:
 
 - ``raw``: from the stored log-mels;
 - ``normalised``: from the log-mels normalised as the network's input is;
@@ -18,7 +18,8 @@ store's own log-mels (static, delta, delta-delta), with per-clip statistics
   ``N_CEPSTRA`` coefficients of the static and delta channels' DCT along
   the mel axis (MFCCs of the stored log-mels, and of the network's own
   input): the static's mean and std over time, the delta's std, as the
-  reference SVM's MFCC features are.
+  reference SVM's MFCC features are (less c0's mean for the normalised
+  input, where it is 0).
 
 Each is scored by the reference SVM over ``random`` (5 seeds) and
 ``speaker`` (6 actor-disjoint folds), mean +- std of test UA; the SVM's C is
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.fft import dct
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +46,8 @@ from speech_baseline import RANDOM_SEEDS, SPEAKER_FOLDS, test_report  # noqa: E4
 from avser import config as configlib  # noqa: E402
 from avser.data.splits import make_splits  # noqa: E402
 from avser.data.store import decode_logmel, read_ok_rows  # noqa: E402
+from avser.features.config import RacnnInputConfig  # noqa: E402
+from avser.features.racnn_input import normalise_per_utterance  # noqa: E402
 from avser.platform.config import TrainConfig  # noqa: E402
 
 N_CEPSTRA = 40  # as the reference's 40 MFCCs
@@ -62,14 +66,19 @@ def clip_features(logmel: np.ndarray) -> dict[str, np.ndarray]:
     logmel = logmel.astype(np.float64)
     mean = logmel.mean(axis=(1, 2), keepdims=True)
     std = logmel.std(axis=(1, 2), keepdims=True)
-    normalised = (logmel - mean) / std
+    # The network's own normalisation, so the probe reads exactly what it removes.
+    normalised = normalise_per_utterance(torch.from_numpy(logmel)[None],
+                                         torch.tensor([logmel.shape[-1]]),
+                                         RacnnInputConfig().min_std)[0].numpy()
     level = np.concatenate([mean.ravel(), std.ravel()])
     bins = {name: np.concatenate([x.mean(axis=2).ravel(), x.std(axis=2).ravel()])
             for name, x in (("raw", logmel), ("normalised", normalised))}
     return {**bins, "normalised + level": np.concatenate([bins["normalised"], level]),
             "level only": level,
             "cepstra of raw": cepstral_statistics(logmel),
-            "cepstra of normalised": cepstral_statistics(normalised)}
+            # c0's mean over time is 0 there by construction: only rounding noise, which
+            # the SVM's standardisation would blow up to a unit-variance feature.
+            "cepstra of normalised": cepstral_statistics(normalised)[1:]}
 
 
 def cepstral_statistics(logmel: np.ndarray) -> np.ndarray:

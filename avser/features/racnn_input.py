@@ -73,7 +73,7 @@ def racnn_input(
     batch, frames = _padded_batch(logmels, lengths)
     if cfg.trim_db is not None:
         batch, frames = trim_silence(batch, frames, cfg.trim_db, cfg.trim_pad_frames)
-    batch = _normalise_per_utterance(batch, frames, cfg.min_std, cfg.bin_mean)
+    batch = normalise_per_utterance(batch, frames, cfg.min_std, cfg.bin_mean)
     if augment is not None:
         batch = apply_masks(batch, frames, augment, generator)
     n_clips, channels, _, padded_len = batch.shape
@@ -160,7 +160,7 @@ def trim_silence(batch: torch.Tensor, frames: torch.Tensor, trim_db: float,
     return batch.gather(-1, index[:, None, None, :].expand_as(batch)), length
 
 
-def _normalise_per_utterance(
+def normalise_per_utterance(
     batch: torch.Tensor, frames: torch.Tensor, min_std: float, bin_mean: bool = False
 ) -> torch.Tensor:
     """Zero mean (per clip and channel, or per mel bin too), unit std per clip
