@@ -22,7 +22,9 @@ from avser.models.racnn import (
     AVG_POOL,
     RACNN,
     FrequencyCoordinate,
+    FrequencyDCT,
     SpeechEmotionNet,
+    dct_matrix,
     racnn_layer_shapes,
     racnn_token_shape,
 )
@@ -171,6 +173,34 @@ def test_freq_coord_racnn_keeps_shapes_and_tells_heights_apart(tiny_cfg):
         placed = [coord.conv1.conv(coord.freq_coord(p[None]))[0, :, 0] for p in (low, high)]
     assert torch.allclose(plain[0][:, 0, 0], plain[1][:, 3, 0])
     assert not torch.allclose(placed[0][:, 0, 0], placed[1][:, 3, 0])
+
+
+def test_dct_matrix_is_orthonormal_and_a_constant_spectrum_is_all_c0():
+    basis = dct_matrix(16)
+    assert torch.allclose(basis @ basis.T, torch.eye(16), atol=1e-6)
+    flat = torch.ones(1, 1, 1, 16, 1)
+    cepstra = FrequencyDCT(16, append=False)(flat)[0, 0, 0, :, 0]
+    assert cepstra[0] == pytest.approx(4.0)  # sqrt(16)
+    assert torch.allclose(cepstra[1:], torch.zeros(15), atol=1e-6)
+
+
+@pytest.mark.parametrize("transform, conv1_in", [("dct", 3), ("dct_append", 6)])
+def test_freq_transform_racnn_keeps_shapes_and_no_new_weights(tiny_cfg, transform, conv1_in):
+    cfg = dataclasses.replace(tiny_cfg.racnn, freq_transform=transform)
+    net = RACNN.from_config(cfg).eval()
+    assert net.conv1.conv.in_channels == conv1_in
+    assert "freq_dct.basis" not in net.state_dict()  # fixed: checkpoints stay Table I's keys
+    x = torch.randn(2, 3, cfg.depth, cfg.input_size, cfg.input_size)
+    with torch.no_grad():
+        assert net(x).shape == RACNN.from_config(tiny_cfg.racnn)(x).shape
+        seen = net.freq_dct(x)
+    if transform == "dct_append":
+        assert torch.equal(seen[:, :3], x)
+    # Orthonormal: the cepstra keep each column's energy.
+    cepstra = seen[:, -3:]
+    assert torch.allclose(cepstra.square().sum(3), x.square().sum(3), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="freq_transform"):
+        RACNNConfig(freq_transform="mfcc")
 
 
 def test_fine_band_head_reads_conv7_before_the_final_pool(tiny_cfg):

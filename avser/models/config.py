@@ -27,6 +27,12 @@ CONV1_KINDS = ("table1", "overlap5")
 # average pool, which halves the bands (at input 112 it keeps 3 of Conv7's 7
 # and drops the 7th).
 SPEECH_HEADS = ("mean", "bigru", "bands", "bands_fine")
+# A fixed transform of each segment's frequency axis before Conv1: none (Table
+# I), "dct": the orthonormal DCT-II over the mel rows in place of them (the
+# rows become cepstra: a compact, decorrelated spectral envelope, what the
+# reference SVM reads), "dct_append": the cepstra as extra channels beside the
+# log-mels (Conv1 reads both).
+FREQ_TRANSFORMS = ("none", "dct", "dct_append")
 
 
 @dataclass
@@ -50,6 +56,7 @@ class RACNNConfig:
     # Conv1 also reads a channel holding each row's frequency position (CoordConv
     # on the mel axis, avser.models.racnn.FrequencyCoordinate); False: Table I.
     freq_coord: bool = False
+    freq_transform: str = "none"  # one of FREQ_TRANSFORMS
     head: str = "mean"  # the pretraining speech_head: one of SPEECH_HEADS
     head_hidden: int = 128  # bigru head: units per direction
     # The input transform trims leading and trailing silence to the frames
@@ -67,7 +74,8 @@ class RACNNConfig:
 
     def __post_init__(self) -> None:
         for key, value, choices in (("conv1", self.conv1, CONV1_KINDS),
-                                    ("head", self.head, SPEECH_HEADS)):
+                                    ("head", self.head, SPEECH_HEADS),
+                                    ("freq_transform", self.freq_transform, FREQ_TRANSFORMS)):
             if value not in choices:
                 raise ConfigError(f"racnn.{key}={value!r}; choose one of {list(choices)}")
         self.widths = tuple(self.widths)

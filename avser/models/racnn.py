@@ -182,6 +182,38 @@ class FrequencyCoordinate(nn.Module):
         return torch.cat([x, coordinate], dim=1)
 
 
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II as an ``(n, n)`` matrix: row k is the k-th cosine."""
+    position = torch.arange(n, dtype=torch.float64) + 0.5
+    order = torch.arange(n, dtype=torch.float64)[:, None]
+    basis = torch.cos(math.pi * order * position / n) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis.float()
+
+
+class FrequencyDCT(nn.Module):
+    """The orthonormal DCT-II over the frequency (height) axis of
+    ``(B, C, D, H, W)``: each segment's log-mel rows become cepstra, in place
+    of them or, with ``append``, as C more channels beside them.
+
+    The reference SVM's lead over the network is in its description: 40
+    cepstra's statistics score 73 on ``random`` where 768 mel-bin statistics
+    of the same log-mels score 62-64 (``bench/input_level_svm.py``). Table
+    I's 2x2 patches and 1x1 RA convs only ever see two neighbouring bins at
+    once, so the network cannot form the whole-spectrum envelope a cepstrum
+    is; this hands it over. Fixed, so it adds no weights to the state dict.
+    """
+
+    def __init__(self, size: int, append: bool) -> None:
+        super().__init__()
+        self.append = append
+        self.register_buffer("basis", dct_matrix(size), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cepstra = torch.einsum("kh,bcdhw->bcdkw", self.basis.to(x.dtype), x)
+        return torch.cat([x, cepstra], dim=1) if self.append else cepstra
+
+
 class RACNN(nn.Module):
     """Table I: Conv1, max pool, RA1-RA3, avg pool; ``forward`` -> (B, N, C) tokens.
 
@@ -189,7 +221,9 @@ class RACNN(nn.Module):
     None turns attention off (the ablation). ``block_kernel`` 3 gives the RA
     blocks' unstrided convs a 3x3 (frequency, time) kernel: Table I's are
     1x1 there, so no conv but the strided ones ever mixes neighbouring bins.
-    ``freq_coord`` gives Conv1 a frequency-position channel (FrequencyCoordinate).
+    ``freq_coord`` gives Conv1 a frequency-position channel (FrequencyCoordinate);
+    ``freq_transform`` (with the input's ``input_size``) turns or adds the mel
+    rows into cepstra first (FrequencyDCT).
     """
 
     def __init__(
@@ -201,13 +235,22 @@ class RACNN(nn.Module):
         conv1: str = "table1",
         block_kernel: int = 1,
         freq_coord: bool = False,
+        freq_transform: str = "none",
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
+        self.freq_dct = None
+        if freq_transform != "none":
+            if input_size is None:
+                raise ConfigError(f"racnn.freq_transform={freq_transform!r} needs the input "
+                                  "size (racnn.input_size): the DCT is over its rows")
+            self.freq_dct = FrequencyDCT(input_size, append=freq_transform == "dct_append")
         self.freq_coord = FrequencyCoordinate() if freq_coord else None
         spec, padding = (CONV1_OVERLAP, CONV1_OVERLAP_PADDING) if conv1 == "overlap5" else (CONV1, 0)
-        self.conv1 = ConvBlock3d(in_channels + int(freq_coord), widths[0], spec.kernel,
-                                 spec.stride, groups, padding=padding)
+        conv1_in = in_channels * (2 if freq_transform == "dct_append" else 1) + int(freq_coord)
+        self.conv1 = ConvBlock3d(conv1_in, widths[0], spec.kernel, spec.stride, groups,
+                                 padding=padding)
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
         blocks, channels = [], widths[0]
         for specs, width in zip(RA_BLOCKS, widths):
@@ -229,7 +272,7 @@ class RACNN(nn.Module):
                 min_hidden=cfg.attention_min_hidden,
             )
         return cls(cfg.in_channels, cfg.widths, cfg.groups, attn_layer, cfg.conv1, cfg.block_kernel,
-                   cfg.freq_coord)
+                   cfg.freq_coord, cfg.freq_transform, cfg.input_size)
 
     def table_i_layers(self) -> dict[str, nn.Module]:
         """Table I row name -> the module producing that row's output."""
@@ -242,6 +285,8 @@ class RACNN(nn.Module):
     def forward_features(self, x: torch.Tensor, final_pool: bool = True) -> torch.Tensor:
         """(B, 3, D, S, S) -> last feature map (B, C, D', H', W'); without
         ``final_pool``, Conv7's map, before Table I's average pool."""
+        if self.freq_dct is not None:
+            x = self.freq_dct(x)
         if self.freq_coord is not None:
             x = self.freq_coord(x)
         x = self.ra3(self.ra2(self.ra1(self.maxpool(self.conv1(x)))))
