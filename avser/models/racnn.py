@@ -240,15 +240,15 @@ class RACNN(nn.Module):
     ) -> None:
         super().__init__()
         self.out_channels = widths[-1]
-        self.freq_dct = None
+        self.freq_dct, append = None, freq_transform == "dct_append"
         if freq_transform != "none":
             if input_size is None:
                 raise ConfigError(f"racnn.freq_transform={freq_transform!r} needs the input "
                                   "size (racnn.input_size): the DCT is over its rows")
-            self.freq_dct = FrequencyDCT(input_size, append=freq_transform == "dct_append")
+            self.freq_dct = FrequencyDCT(input_size, append)
         self.freq_coord = FrequencyCoordinate() if freq_coord else None
         spec, padding = (CONV1_OVERLAP, CONV1_OVERLAP_PADDING) if conv1 == "overlap5" else (CONV1, 0)
-        conv1_in = in_channels * (2 if freq_transform == "dct_append" else 1) + int(freq_coord)
+        conv1_in = in_channels * (1 + int(append)) + int(freq_coord)
         self.conv1 = ConvBlock3d(conv1_in, widths[0], spec.kernel, spec.stride, groups,
                                  padding=padding)
         self.maxpool = _pool(MAX_POOL, nn.MaxPool3d)
